@@ -1,0 +1,112 @@
+"""Device mesh, logical-axis rules and the shardings of params and batches.
+
+Mesh axes are ``("data", "fsdp", "tensor")``. Every canonical parameter gets logical axis names
+from its HF name; a short rule table maps them to mesh axes. A dimension that does not divide
+its mesh axis is replicated instead (tiny test models), never silently padded.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axis (None = replicated)
+LOGICAL_RULES = {
+    "layers": None,
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "mlp": "tensor",
+    "norm": None,
+    "batch": ("data", "fsdp"),
+    "sequence": None,
+}
+
+# module name -> logical axes of its weight in HF orientation (out, in), without the layer axis
+_MATRIX_AXES = {
+    "q_proj": ("heads", "embed"),
+    "k_proj": ("kv_heads", "embed"),
+    "v_proj": ("kv_heads", "embed"),
+    "o_proj": ("embed", "heads"),
+    "gate_proj": ("mlp", "embed"),
+    "up_proj": ("mlp", "embed"),
+    "down_proj": ("embed", "mlp"),
+    "embed_tokens": ("vocab", "embed"),
+    "lm_head": ("vocab", "embed"),
+}
+
+
+def make_mesh(shape: Sequence[int] | None = None, devices=None) -> Mesh:
+    """A ``("data", "fsdp", "tensor")`` mesh; ``shape`` defaults to ``(1, n_devices, 1)``.
+
+    Raises ValueError when the product of ``shape`` is not the device count."""
+    devices = list(devices if devices is not None else jax.devices())
+    shape = tuple(shape) if shape is not None else (1, len(devices), 1)
+    if len(shape) != 3:
+        raise ValueError(f"mesh shape {shape} must have 3 entries for axes {MESH_AXES}")
+    if math.prod(shape) != len(devices):
+        raise ValueError(f"mesh shape {shape} (product {math.prod(shape)}) does not match the "
+                         f"{len(devices)} available devices")
+    device_array = np.asarray(devices).reshape(shape)
+    # Auto axis types: GSPMD propagation. (jax 0.10 defaults to Explicit, under which a
+    # matmul with a sharded contracting dimension raises ShardingTypeError.)
+    return Mesh(device_array, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+
+
+def logical_axes(path: Sequence[str], ndim: int) -> tuple[str | None, ...]:
+    """Logical axis names of the canonical leaf at ``path`` (e.g. ``("model", "layers",
+    "self_attn", "q_proj", "weight")``) with ``ndim`` dimensions."""
+    stacked = "layers" in path
+    module = path[-2] if len(path) >= 2 else ""
+    if path[-1] == "weight" and module in _MATRIX_AXES:
+        axes = _MATRIX_AXES[module]
+    elif path[-1] == "bias" and module in _MATRIX_AXES:
+        axes = _MATRIX_AXES[module][:1]
+    else:
+        axes = ("norm",) * (ndim - (1 if stacked else 0))
+    axes = (("layers",) if stacked else ()) + tuple(axes)
+    if len(axes) != ndim:
+        return (None,) * ndim
+    return axes
+
+
+def _spec(axes, shape, mesh: Mesh) -> P:
+    parts = []
+    for name, dim in zip(axes, shape):
+        mesh_axis = LOGICAL_RULES.get(name) if name else None
+        names = (mesh_axis,) if isinstance(mesh_axis, str) else (mesh_axis or ())
+        size = math.prod(mesh.shape[a] for a in names) if names else 1
+        parts.append(mesh_axis if names and dim % size == 0 and size > 1 else None)
+    return P(*parts)
+
+
+def param_shardings(params_or_shapes, mesh: Mesh):
+    """A tree of ``NamedSharding`` matching the canonical tree ``params_or_shapes``."""
+
+    def leaf(path, x):
+        keys = tuple(getattr(k, "key", str(k)) for k in path)
+        return NamedSharding(mesh, _spec(logical_axes(keys, len(x.shape)), x.shape, mesh))
+
+    return jax.tree_util.tree_map_with_path(leaf, params_or_shapes)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Shards axis 0 (batch) over ``("data", "fsdp")``; other axes replicated."""
+    return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def describe(sharding) -> str:
+    """Short human-readable form of a sharding, e.g. ``P(None, 'tensor', 'fsdp')``."""
+    spec = getattr(sharding, "spec", None)
+    return str(spec) if spec is not None else type(sharding).__name__
