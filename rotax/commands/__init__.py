@@ -1,0 +1,1 @@
+"""`rotax` subcommands, one module each; every module exposes ``register(subparsers)``."""
