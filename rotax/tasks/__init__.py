@@ -1,0 +1,1 @@
+"""Tasks (environments) for rotax studies; :mod:`rotax.tasks.points` is GeneralPoints."""
