@@ -56,7 +56,11 @@ def hf_names(cfg: ModelConfig, path: tuple[str, ...]) -> list[str]:
 
 
 class SafetensorsReader:
-    """Memory-mapped view over a checkpoint's safetensors file(s)."""
+    """Index over a checkpoint's safetensors file(s); reads tensors or slices of them.
+
+    Headers are read once. Each read opens (memory-maps) its file and closes it right after,
+    so file pages do not stay mapped into the process: host memory stays bounded by what the
+    devices hold, not twice the checkpoint."""
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
@@ -68,52 +72,55 @@ class SafetensorsReader:
         else:
             raise FileNotFoundError(f"{self.directory}: neither {SINGLE_FILE} nor {INDEX_FILE}")
         files = sorted(set(weight_map.values())) if weight_map else [SINGLE_FILE]
-        self._handles = {}
         self.file_of: dict[str, str] = {}
+        self._meta: dict[str, tuple[tuple[int, ...], str]] = {}
         for name in files:
-            path = self.directory / name
-            try:
-                handle = safe_open(str(path), framework="flax")
-            except (SafetensorError, OSError) as err:
-                raise CheckpointError(f"{path}: cannot read safetensors file ({err}); is it truncated?") from err
-            self._handles[name] = handle
-            for key in handle.keys():
-                self.file_of[key] = name
+            with self._open(name) as handle:
+                for key in handle.keys():
+                    sl = handle.get_slice(key)
+                    self.file_of[key] = name
+                    self._meta[key] = (tuple(sl.get_shape()), _DTYPES.get(sl.get_dtype(), sl.get_dtype()))
         if weight_map:
             missing = sorted(k for k, f in weight_map.items() if self.file_of.get(k) != f)
             if missing:
                 raise CheckpointError(f"{index}: lists tensor {missing[0]!r} in {weight_map[missing[0]]}, "
                                       "which does not contain it")
 
+    def _open(self, file_name: str):
+        path = self.directory / file_name
+        try:
+            return safe_open(str(path), framework="flax")
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{path}: cannot read safetensors file ({err}); is it truncated?") from err
+
     def names(self) -> list[str]:
         return list(self.file_of)
 
-    def slice(self, name: str):
-        return self._handles[self.file_of[name]].get_slice(name)
-
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.slice(name).get_shape())
+        return self._meta[name][0]
 
     def dtype(self, name: str) -> str:
-        return _DTYPES[self.slice(name).get_dtype()]
+        return self._meta[name][1]
 
-    def read(self, name: str) -> jax.Array:
-        return self._handles[self.file_of[name]].get_tensor(name)
+    def read(self, name: str, index=None, dtype=None) -> np.ndarray:
+        """Tensor ``name`` (or its slice ``index``) as a host array, cast to ``dtype``."""
+        with self._open(self.file_of[name]) as handle:
+            x = handle.get_slice(name)[index] if index is not None else handle.get_tensor(name)
+            return np.asarray(x if dtype is None else x.astype(dtype))
 
 
 _DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64",
            "I64": "int64", "I32": "int32", "U8": "uint8", "BOOL": "bool", "I8": "int8"}
 
 
-def _stacked_reader(reader: SafetensorsReader, names: list[str], stacked: bool, dtype):
-    """A make_array_from_callback callback reading ``index`` slices straight from disk."""
+def _leaf_reader(reader: SafetensorsReader, names: list[str], stacked: bool, dtype):
+    """A make_array_from_callback callback reading the slice ``index`` straight from disk."""
 
     def callback(index):
         if not stacked:
-            return np.asarray(reader.slice(names[0])[index].astype(dtype))
+            return reader.read(names[0], index, dtype)
         layer_index, inner = index[0], index[1:]
-        parts = [reader.slice(n)[inner].astype(dtype) for n in names[layer_index]]
-        return np.asarray(jnp.stack(parts))
+        return np.stack([reader.read(n, inner, dtype) for n in names[layer_index]])
 
     return callback
 
@@ -139,7 +146,7 @@ def load_hf_checkpoint(path, *, mesh=None, dtype=None, compute_dtype=None, remat
         keys = _path_keys(path_)
         names = hf_names(cfg, keys)
         stacked = len(names) > 1 or (len(keys) > 2 and keys[:2] == ("model", "layers"))
-        callback = _stacked_reader(reader, names, stacked, jnp.dtype(param_dtype))
+        callback = _leaf_reader(reader, names, stacked, jnp.dtype(param_dtype))
         return jax.make_array_from_callback(shape.shape, target, callback)
 
     params = jax.tree_util.tree_map_with_path(load_leaf, shapes, shardings)
