@@ -64,10 +64,18 @@ def write_checkpoint(out: Path, shape: dict, shard_bytes: int) -> int:
 
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import jax, jax.numpy as jnp
+
+def high_water_mark():
+    # VmHWM is per address space (reset by exec), unlike ru_maxrss, which Linux carries over
+    # from the forking parent.
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+
 jax.devices()
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = high_water_mark()
 mode, path = sys.argv[1], sys.argv[2]
 t0 = time.perf_counter()
 if mode == "rotax":
@@ -84,7 +92,7 @@ else:  # plain safetensors read of every file into arrays, then onto the device
     jax.block_until_ready(leaves)
 seconds = time.perf_counter() - t0
 nbytes = sum(x.size * x.dtype.itemsize for x in leaves)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = high_water_mark()
 print(json.dumps({"seconds": seconds, "peak_rss": peak, "base_rss": base, "param_bytes": nbytes}))
 """
 
@@ -99,6 +107,9 @@ def run_child(mode: str, path: Path) -> dict:
 
 
 def main():
+    if len(sys.argv) == 5 and sys.argv[1] == "--write":
+        print(write_checkpoint(Path(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])))
+        return
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small model, 1 repeat")
     parser.add_argument("--repeats", type=int, default=3)
@@ -107,7 +118,11 @@ def main():
     repeats = 1 if args.quick else args.repeats
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp)
-        total = write_checkpoint(path, shape, shard_bytes=(64 << 20) if args.quick else (512 << 20))
+        # written by a child process, so this process stays small while the loads are measured
+        shard_bytes = (64 << 20) if args.quick else (512 << 20)
+        total = json.loads(subprocess.run(
+            [sys.executable, __file__, "--write", str(path), json.dumps(shape), str(shard_bytes)],
+            capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
         results = {"rotax": [], "baseline": []}
         for _ in range(repeats):  # interleaved
             for mode in ("rotax", "baseline"):

@@ -16,7 +16,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors import SafetensorError, safe_open
 
 from rotax.models.config import ModelConfig
 from rotax.models.decoder import param_shapes
@@ -58,9 +57,12 @@ def hf_names(cfg: ModelConfig, path: tuple[str, ...]) -> list[str]:
 class SafetensorsReader:
     """Index over a checkpoint's safetensors file(s); reads tensors or slices of them.
 
-    Headers are read once. Each read opens (memory-maps) its file and closes it right after,
-    so file pages do not stay mapped into the process: host memory stays bounded by what the
-    devices hold, not twice the checkpoint."""
+    The format is an 8-byte header length, a JSON header (dtype, shape, byte offsets per
+    tensor) and raw little-endian data. Reads go through ``np.memmap`` so a slice costs one
+    copy of just that slice (``safetensors``' own numpy path cannot read bf16, and its flax
+    path copies whole tensors through device buffers); each map is dropped after the read, so
+    file pages do not stay charged to the process and host memory stays bounded by what the
+    devices hold."""
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
@@ -73,25 +75,16 @@ class SafetensorsReader:
             raise FileNotFoundError(f"{self.directory}: neither {SINGLE_FILE} nor {INDEX_FILE}")
         files = sorted(set(weight_map.values())) if weight_map else [SINGLE_FILE]
         self.file_of: dict[str, str] = {}
-        self._meta: dict[str, tuple[tuple[int, ...], str]] = {}
+        self._meta: dict[str, tuple[tuple[int, ...], str, int]] = {}  # shape, dtype, byte offset
         for name in files:
-            with self._open(name) as handle:
-                for key in handle.keys():
-                    sl = handle.get_slice(key)
-                    self.file_of[key] = name
-                    self._meta[key] = (tuple(sl.get_shape()), _DTYPES.get(sl.get_dtype(), sl.get_dtype()))
+            for key, meta in _read_header(self.directory / name).items():
+                self.file_of[key] = name
+                self._meta[key] = meta
         if weight_map:
             missing = sorted(k for k, f in weight_map.items() if self.file_of.get(k) != f)
             if missing:
                 raise CheckpointError(f"{index}: lists tensor {missing[0]!r} in {weight_map[missing[0]]}, "
                                       "which does not contain it")
-
-    def _open(self, file_name: str):
-        path = self.directory / file_name
-        try:
-            return safe_open(str(path), framework="flax")
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{path}: cannot read safetensors file ({err}); is it truncated?") from err
 
     def names(self) -> list[str]:
         return list(self.file_of)
@@ -104,13 +97,52 @@ class SafetensorsReader:
 
     def read(self, name: str, index=None, dtype=None) -> np.ndarray:
         """Tensor ``name`` (or its slice ``index``) as a host array, cast to ``dtype``."""
-        with self._open(self.file_of[name]) as handle:
-            x = handle.get_slice(name)[index] if index is not None else handle.get_tensor(name)
-            return np.asarray(x if dtype is None else x.astype(dtype))
+        shape, stored, offset = self._meta[name]
+        if 0 in shape:
+            return np.zeros(shape, dtype if dtype is not None else _NUMPY_DTYPES[stored])[index or ...]
+        view = np.memmap(self.directory / self.file_of[name], dtype=_NUMPY_DTYPES[stored], mode="r",
+                         offset=offset, shape=shape)
+        part = view[index] if index is not None else view
+        out = np.array(part, dtype=dtype if dtype is not None else part.dtype)
+        del view, part  # unmap now
+        return out
 
 
 _DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64",
            "I64": "int64", "I32": "int32", "U8": "uint8", "BOOL": "bool", "I8": "int8"}
+_NUMPY_DTYPES = {name: np.dtype(jnp.dtype(name)) for name in _DTYPES.values()}
+
+
+def _read_header(path: Path) -> dict[str, tuple[tuple[int, ...], str, int]]:
+    """``{tensor: (shape, dtype, absolute byte offset)}`` of one safetensors file; raises
+    CheckpointError for a truncated or malformed file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise CheckpointError(f"{path}: {size} bytes, too short for a safetensors header; is it truncated?")
+            header_len = int.from_bytes(raw, "little")
+            if header_len > min(size - 8, 100 << 20):
+                raise CheckpointError(f"{path}: header length {header_len} exceeds the file; is it truncated?")
+            header = json.loads(f.read(header_len))
+    except (OSError, ValueError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"{path}: cannot read safetensors header ({err}); is it truncated?") from err
+    data_start = 8 + header_len
+    out = {}
+    for key, meta in header.items():
+        if key == "__metadata__":
+            continue
+        begin, end = meta["data_offsets"]
+        if data_start + end > size:
+            raise CheckpointError(f"{path}: tensor {key!r} ends at byte {data_start + end} but the file has "
+                                  f"{size} bytes; is it truncated?")
+        if meta["dtype"] not in _DTYPES:
+            raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {meta['dtype']}")
+        out[key] = (tuple(meta["shape"]), _DTYPES[meta["dtype"]], data_start + begin)
+    return out
 
 
 def _leaf_reader(reader: SafetensorsReader, names: list[str], stacked: bool, dtype):
