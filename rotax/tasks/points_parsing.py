@@ -91,11 +91,14 @@ _MISSING = object()
 
 
 def _split_list(body: str) -> list:
-    """Return the items of a list body such as ``'K', 5, "A"`` as strings or ints."""
+    """Return the items of a list body such as ``'K', 5, "A"``: quoted items as strings,
+    bare ASCII digit strings as ints, anything else as stripped strings."""
     items = []
     for raw in body.split(","):
-        item = raw.strip().strip("'\"").strip()
-        if item.isascii() and item.isdigit():
+        item = raw.strip()
+        if len(item) >= 2 and item[0] == item[-1] and item[0] in "'\"":
+            items.append(item[1:-1])
+        elif item.isascii() and item.isdigit() and len(item) < 8:
             items.append(int(item))
         elif item:
             items.append(item)

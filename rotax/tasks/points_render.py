@@ -82,7 +82,7 @@ Answer with one JSON object:
 "formula": "a formula that equals {target_number}"}}
 """
 
-_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_]+)\}")
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_]+)\}|[{}]")
 _RULE_NAMES = ("face_card_msg", "rule")
 _TARGET_NAMES = ("target_number", "target")
 
@@ -90,8 +90,9 @@ _TARGET_NAMES = ("target_number", "target")
 def fill_template(template: str, fields: dict) -> str:
     """Return ``template`` with ``{name}`` replaced from ``fields`` and ``{{``/``}}`` unescaped.
 
-    Raises ``KeyError`` for a placeholder not in ``fields``. Only plain names are replaced —
-    no attribute or index lookups (unlike ``str.format``).
+    Raises ``KeyError`` for a placeholder not in ``fields`` and ``ValueError`` for a lone
+    brace (as ``str.format`` would). Only plain names are replaced — no attribute or index
+    lookups (unlike ``str.format``).
     """
     def replace(match: re.Match) -> str:
         if match.group(0) == "{{":
@@ -99,6 +100,9 @@ def fill_template(template: str, fields: dict) -> str:
         if match.group(0) == "}}":
             return "}"
         name = match.group(1)
+        if name is None:
+            raise ValueError(f"lone {match.group(0)!r} at {match.start()} in the template; "
+                             f"write {match.group(0) * 2!r} for a literal brace")
         if name not in fields:
             raise KeyError(f"unknown placeholder {{{name}}}; known: {sorted(fields)}")
         return str(fields[name])
