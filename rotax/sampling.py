@@ -1,0 +1,254 @@
+"""Batched generation inside one ``jax.jit``: prefill a left-padded batch, then decode over the
+KV cache in a ``lax.while_loop`` until every row has emitted an EOS id or ``max_new_tokens``.
+
+Sampling: greedy (``temperature == 0``) or softmax(logits / temperature) restricted to the
+``top_k`` largest logits and then to the smallest set whose probability reaches ``top_p``.
+
+**Log-probs.** ``SampleOutput.logprobs[b, i]`` is ``log_softmax(logits / temperature)`` of the
+sampled token over the *full* vocabulary (not renormalized after top-k / top-p truncation) —
+the log π at the rollout temperature that PPO recomputes from a forward pass. With greedy
+decoding the temperature is taken as 1 (the model's plain log-probs).
+
+**Randomness.** Row ``b`` draws with ``fold_in(fold_in(key, row_ids[b]), step)``, so a row's
+sample depends on its ``row_id``, its prompt and the key — not on the other rows of the batch.
+
+**Compiles.** One per (batch, prompt bucket, max_new_tokens, greedy, top_k, top-p on/off, EOS
+ids); temperature and top_p values are traced. :func:`left_pad` rounds prompt lengths up to a
+few bucket sizes (two per octave) and :func:`generate` pads the batch to a fixed size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from rotax.models import decoder
+from rotax.models.config import ModelConfig
+
+
+class SampleOutput(NamedTuple):
+    """tokens ``[B, N]`` int32 (``pad_id`` after the EOS); logprobs ``[B, N]`` float32 (0 where
+    masked); mask ``[B, N]`` bool (generated tokens incl. the EOS); lengths ``[B]`` int32."""
+
+    tokens: jax.Array
+    logprobs: jax.Array
+    mask: jax.Array
+    lengths: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+    """``temperature`` 0 means greedy; ``top_k`` 0 and ``top_p`` 1.0 mean no truncation."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+
+    def __post_init__(self):
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_new_tokens < 1:
+            raise ValueError(f"invalid sampling options {self}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+class Generation(NamedTuple):
+    """One row of :func:`generate`: ids ``[n]`` (incl. a final EOS unless ``truncated``) and
+    their log-probs ``[n]``."""
+
+    tokens: np.ndarray
+    logprobs: np.ndarray
+    truncated: bool
+
+
+# ---------------------------------------------------------------- batches
+
+
+def bucket_length(n: int, minimum: int = 16) -> int:
+    """The smallest bucket ``>= n``: ``minimum`` or 2^k or 1.5 * 2^k (16, 24, 32, 48, 64, ...)."""
+    size = max(minimum, 1)
+    while size < n:
+        power = 1 << (size.bit_length() - 1)
+        size = power + power // 2 if size == power and power >= 2 else power * 2
+    return size
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, length: int | None = None):
+    """``(tokens [B, P] int32, mask [B, P] bool)``: each sequence right-aligned (left-padded).
+
+    ``length`` defaults to :func:`bucket_length` of the longest sequence; ValueError if a
+    sequence is empty or longer than ``length``."""
+    longest = max((len(s) for s in sequences), default=0)
+    if any(len(s) == 0 for s in sequences):
+        raise ValueError("cannot sample from an empty prompt")
+    length = bucket_length(longest) if length is None else length
+    if longest > length:
+        raise ValueError(f"a prompt has {longest} tokens, more than length={length}")
+    tokens = np.full((len(sequences), length), pad_id, np.int32)
+    mask = np.zeros((len(sequences), length), bool)
+    for row, seq in enumerate(sequences):
+        if len(seq):
+            tokens[row, length - len(seq):] = np.asarray(seq, np.int32)
+            mask[row, length - len(seq):] = True
+    return tokens, mask
+
+
+def row_keys(key: jax.Array, row_ids) -> jax.Array:
+    """Per-row keys ``[B]``: ``fold_in(key, row_id)``."""
+    return jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.asarray(row_ids, jnp.uint32))
+
+
+# ---------------------------------------------------------------- one step's choice
+
+
+def choose_tokens(logits, keys, temperature, top_p, *, greedy: bool, top_k: int, use_top_p: bool):
+    """Next tokens ``[B]`` int32 and their log-probs ``[B]`` from logits ``[B, V]`` float32.
+
+    ``keys`` ``[B]`` (one per row). See the module docstring for which log-prob is returned."""
+    if greedy:
+        token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+    scaled = logits / temperature
+    logp = jax.nn.log_softmax(scaled, axis=-1)
+    if top_k or use_top_p:
+        if top_k:
+            values = jax.lax.top_k(scaled, min(top_k, scaled.shape[-1]))[0]  # sorted descending
+        else:
+            values = -jnp.sort(-scaled, axis=-1)  # full sort: only when top_p is on and top_k off
+        if use_top_p:
+            probs = jax.nn.softmax(values, axis=-1)
+            before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each candidate
+            kept = jnp.sum(before < top_p, axis=-1, keepdims=True)  # >= 1
+            threshold = jnp.take_along_axis(values, kept - 1, axis=-1)
+        else:
+            threshold = values[:, -1:]
+        scaled = jnp.where(scaled < threshold, -jnp.inf, scaled)
+    token = jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
+    return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+
+
+# ---------------------------------------------------------------- the jitted loop
+
+
+def _lm_logits(cfg: ModelConfig, params, hidden):
+    """Logits ``[B, S, V]`` float32 of final hidden states ``[B, S, H]``."""
+    return nnx.merge(decoder.graphdef(cfg), params).logits(hidden)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "greedy", "top_k",
+                                             "use_top_p", "eos_ids", "pad_id", "mesh"))
+def _sample(params, tokens, mask, keys, temperature, top_p, *, cfg, max_new_tokens, greedy,
+            top_k, use_top_p, eos_ids, pad_id, mesh):
+    b, p = tokens.shape
+    n = max_new_tokens
+    mask = mask.astype(bool)
+    prompt_lengths = jnp.sum(mask, axis=1, dtype=jnp.int32)
+    positions = jnp.maximum(jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1, 0)
+    kv_mask = jnp.concatenate([mask, jnp.ones((b, n), bool)], axis=1)
+    cache = decoder.init_cache(cfg, b, p + n)
+    if mesh is not None:
+        spec = NamedSharding(mesh, P(None, ("data", "fsdp")))
+        cache = jax.tree.map(lambda c: jax.lax.with_sharding_constraint(c, spec), cache)
+    eos = jnp.asarray(eos_ids, jnp.int32)
+    choose = functools.partial(choose_tokens, temperature=temperature, top_p=top_p, greedy=greedy,
+                               top_k=top_k, use_top_p=use_top_p)
+
+    def emit(state, logits, step):
+        out_tokens, out_logp, done, lengths = state
+        token, logp = choose(logits, jax.vmap(lambda k: jax.random.fold_in(k, step))(keys))
+        alive = ~done
+        token = jnp.where(alive, token, pad_id)
+        logp = jnp.where(alive, logp, 0.0)
+        out_tokens = jax.lax.dynamic_update_slice(out_tokens, token[:, None], (0, step))
+        out_logp = jax.lax.dynamic_update_slice(out_logp, logp[:, None], (0, step))
+        done = done | (alive & jnp.isin(token, eos))
+        return (out_tokens, out_logp, done, lengths + alive.astype(jnp.int32)), token
+
+    out = decoder.apply(cfg, params, tokens, positions=positions, kv_mask=kv_mask, cache=cache,
+                        cache_index=0, return_logits=False)
+    logits = _lm_logits(cfg, params, out.hidden[:, -1:])[:, 0]
+    state = (jnp.full((b, n), pad_id, jnp.int32), jnp.zeros((b, n), jnp.float32),
+             jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32))
+    state, token = emit(state, logits, 0)
+
+    def cond(carry):
+        step, state, _, _ = carry
+        return (step < n) & ~jnp.all(state[2])
+
+    def body(carry):
+        step, state, token, cache = carry
+        out = decoder.apply(cfg, params, token[:, None], positions=(prompt_lengths + step - 1)[:, None],
+                            kv_mask=kv_mask, cache=cache, cache_index=p + step - 1)
+        state, token = emit(state, out.logits[:, 0], step)
+        return step + 1, state, token, out.cache
+
+    _, state, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), state, token, out.cache))
+    out_tokens, out_logp, _, lengths = state
+    valid = jnp.arange(n)[None, :] < lengths[:, None]
+    return SampleOutput(out_tokens, out_logp, valid, lengths)
+
+
+def sample(cfg: ModelConfig, params, tokens, mask, key, options: SamplingOptions, *,
+           eos_ids: Sequence[int], pad_id: int = 0, row_ids=None, mesh=None) -> SampleOutput:
+    """Generates up to ``options.max_new_tokens`` tokens after each left-padded prompt.
+
+    tokens ``[B, P]`` int32 and mask ``[B, P]`` bool (see :func:`left_pad`; every row needs
+    at least one real token); ``key`` a PRNG key; ``row_ids`` ``[B]`` ints (default
+    ``0..B-1``) seed each row's randomness. With ``mesh`` the batch is sharded over
+    ``("data", "fsdp")`` (B must divide evenly) and ``params`` should already be placed with
+    :func:`rotax.sharding.param_shardings`. Returns a :class:`SampleOutput` of device arrays.
+    """
+    tokens = jnp.asarray(tokens, jnp.int32)
+    mask = jnp.asarray(mask, bool)
+    row_ids = np.arange(tokens.shape[0]) if row_ids is None else np.asarray(row_ids)
+    keys = row_keys(key, row_ids)
+    if mesh is not None:
+        from rotax.sharding import batch_sharding
+        tokens, mask = jax.device_put((tokens, mask), batch_sharding(mesh))
+        keys = jax.device_put(keys, batch_sharding(mesh, keys.ndim))
+    return _sample(params, tokens, mask, keys, jnp.float32(options.temperature or 1.0),
+                   jnp.float32(options.top_p), cfg=cfg, max_new_tokens=options.max_new_tokens,
+                   greedy=options.greedy, top_k=options.top_k, use_top_p=options.top_p < 1.0,
+                   eos_ids=tuple(sorted(int(i) for i in eos_ids)), pad_id=int(pad_id), mesh=mesh)
+
+
+def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], key,
+             options: SamplingOptions, *, eos_ids: Sequence[int], pad_id: int = 0, row_ids=None,
+             batch_size: int | None = None, mesh=None) -> list[Generation]:
+    """:func:`sample` over a list of prompts (token id lists), in chunks of ``batch_size`` rows
+    (the last chunk padded with copies of its first prompt, so every call has the same batch
+    shape), prompt lengths bucketed. Returns one :class:`Generation` per prompt, in order."""
+    if not prompts:
+        return []
+    row_ids = list(range(len(prompts))) if row_ids is None else list(row_ids)
+    batch_size = batch_size or len(prompts)
+    if mesh is not None:
+        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        batch_size = math.ceil(batch_size / shards) * shards
+    results: list[Generation] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start:start + batch_size])
+        ids = row_ids[start:start + batch_size]
+        extra = batch_size - len(chunk)
+        tokens, mask = left_pad(chunk + [chunk[0]] * extra, pad_id)
+        out = sample(cfg, params, tokens, mask, key, options, eos_ids=eos_ids, pad_id=pad_id,
+                     row_ids=ids + [ids[0]] * extra, mesh=mesh)
+        out_tokens, out_logp, lengths = jax.device_get((out.tokens, out.logprobs, out.lengths))
+        eos = set(int(i) for i in eos_ids)
+        for row in range(len(chunk)):
+            n = int(lengths[row])
+            ids_row = out_tokens[row, :n]
+            truncated = n == 0 or int(ids_row[-1]) not in eos
+            results.append(Generation(ids_row.copy(), out_logp[row, :n].copy(), truncated))
+    return results
