@@ -15,6 +15,8 @@ import re
 from fractions import Fraction
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rotax.tasks import points as P
 from rotax.tasks.points_solver import numbers_in
@@ -327,3 +329,39 @@ def test_grade_end_to_end_on_json_answers():
         -4, "you used invalid numbers: [10], you didn't use numbers: [13].")
     assert P.grade("", cards, P.Rule.ID).kind == "missing"
     assert P.grade("no json here", cards, P.Rule.ID).reward == -3
+
+
+# ----------------------------------------------------------------------------- exact evaluator
+@st.composite
+def _expressions(draw, depth=0):
+    """Random well-formed formula text (numbers 0..20, + - * /, optional parentheses)."""
+    if depth >= 4 or draw(st.booleans()):
+        text = str(draw(st.integers(0, 20)))
+    else:
+        op = draw(st.sampled_from("+-*/"))
+        text = draw(_expressions(depth + 1)) + op + draw(_expressions(depth + 1))
+    return f"({text})" if draw(st.integers(0, 3)) == 0 else text
+
+
+@settings(max_examples=300, deadline=None)
+@given(_expressions())
+def test_evaluate_matches_python_arithmetic_over_fractions(text):
+    from rotax.tasks.points_formula import evaluate, tokenize
+
+    try:
+        expected = _fraction_eval(text)
+    except ZeroDivisionError:
+        expected = None
+    assert evaluate(tokenize(text)) == expected
+
+
+def test_evaluate_fails_where_python_would_raise_and_on_bounds():
+    from rotax.tasks.points_formula import MAX_NESTING, evaluate, tokenize
+
+    for text in ["", "(1+2", "1+", "07*1", "1/0", "3/(2-2)", "()", "1)", "(1)(2)", "*1"]:
+        assert evaluate(tokenize(text)) is None, text
+    assert evaluate(tokenize("00+24")) == 24  # "00" is valid Python, "07" is not
+    assert evaluate(tokenize("(" * MAX_NESTING + "24" + ")" * MAX_NESTING)) == 24
+    assert evaluate(tokenize("(" * (MAX_NESTING + 1) + "24" + ")" * (MAX_NESTING + 1))) is None
+    assert evaluate(tokenize("1+" * 200 + "1")) is None  # more than MAX_TOKENS tokens
+    assert evaluate(tokenize("9" * 17)) is None

@@ -14,8 +14,9 @@ Grammar::
 
 Evaluation *fails* (returns ``None``) where Python's ``eval`` of the same text would raise:
 an unclosed ``(``, a trailing operator, an empty formula, a number written with a leading zero
-(``07``), division by zero. It also fails beyond :data:`MAX_NESTING` open parentheses, where
-Python's own parser gives up too.
+(``07``), division by zero. Bounds keep it cheap on any input: it also fails beyond
+:data:`MAX_NESTING` nested parentheses (Python's parser has a similar limit, about 200),
+:data:`MAX_TOKENS` tokens or :data:`MAX_NUMBER_DIGITS`-digit numbers.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ Tree = Union[int, tuple]
 
 
 class FormulaError(ValueError):
-    """Raised by :func:`parse_tree` when tokens do not form a complete expression."""
+    """Raised by :func:`parse_tree` when tokens do not form one complete, bounded expression."""
 
 
 def tokenize(formula: str) -> list[str]:
@@ -140,14 +141,6 @@ def _apply(operator: str, a: Fraction, b: Fraction) -> Fraction:
     if operator == "*":
         return a * b
     return a / b  # ZeroDivisionError on b == 0
-
-
-def evaluate_tree(tree: Tree) -> Fraction:
-    """Return the exact value of ``tree``; raise ``ZeroDivisionError`` on division by zero."""
-    if isinstance(tree, int):
-        return Fraction(tree)
-    operator, left, right = tree
-    return _apply(operator, evaluate_tree(left), evaluate_tree(right))
 
 
 def evaluate(tokens: Sequence[str]) -> Fraction | None:
