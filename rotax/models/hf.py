@@ -7,6 +7,7 @@ the memory-mapped safetensors file(s), layer by layer.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -107,6 +108,20 @@ class SafetensorsReader:
         del view, part  # unmap now
         return out
 
+    def read_rows(self, name: str, start: int, stop: int, out: np.ndarray) -> None:
+        """Reads rows ``start:stop`` (axis 0) of tensor ``name`` into ``out`` with plain file
+        reads — no mapping, so nothing but ``out`` is charged to the process."""
+        shape, stored, offset = self._meta[name]
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * _NUMPY_DTYPES[stored].itemsize
+        raw = out if out.dtype == _NUMPY_DTYPES[stored] else np.empty(out.shape, _NUMPY_DTYPES[stored])
+        with open(self.directory / self.file_of[name], "rb") as f:
+            f.seek(offset + start * row_bytes)
+            if f.readinto(memoryview(raw.reshape(-1).view(np.uint8))) != (stop - start) * row_bytes:
+                raise CheckpointError(f"{self.directory / self.file_of[name]}: short read of {name!r}; "
+                                      "is the file truncated?")
+        if raw is not out:
+            out[...] = raw
+
 
 _DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64",
            "I64": "int64", "I32": "int32", "U8": "uint8", "BOOL": "bool", "I8": "int8"}
@@ -157,6 +172,37 @@ def _leaf_reader(reader: SafetensorsReader, names: list[str], stacked: bool, dty
     return callback
 
 
+_CHUNK_BYTES = 64 << 20
+
+
+@functools.lru_cache(maxsize=None)
+def _chunk_updater(target):
+    # in place: the buffer is donated, so the leaf is never held twice on the device
+    return jax.jit(lambda buf, chunk, start: jax.lax.dynamic_update_slice_in_dim(buf, chunk, start, 0),
+                   donate_argnums=0, out_shardings=target)
+
+
+def _fill_in_chunks(reader, names, stacked, shape, dtype, target) -> jax.Array:
+    """Builds one leaf in its sharding from host chunks along axis 0 (a layer, or ~64 MB of
+    rows), so host memory peaks at the parameters plus one chunk."""
+    buf = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=target)()
+    update = _chunk_updater(target)
+    if stacked:
+        for layer, name in enumerate(names):
+            chunk = np.empty((1, *shape[1:]), dtype)
+            reader.read_rows(name, 0, shape[1], chunk[0]) if len(shape) > 1 else None
+            buf = update(buf, chunk, layer)
+        return buf
+    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+    rows = max(1, _CHUNK_BYTES // row_bytes)
+    for start in range(0, shape[0], rows):
+        stop = min(start + rows, shape[0])
+        chunk = np.empty((stop - start, *shape[1:]), dtype)
+        reader.read_rows(names[0], start, stop, chunk)
+        buf = update(buf, chunk, start)
+    return buf
+
+
 def load_hf_checkpoint(path, *, mesh=None, dtype=None, compute_dtype=None, remat=False):
     """Loads an HF directory into ``(ModelConfig, canonical params)``, each leaf directly in its
     target sharding. ``dtype`` is the parameter dtype (default: as stored); ``compute_dtype``
@@ -177,7 +223,10 @@ def load_hf_checkpoint(path, *, mesh=None, dtype=None, compute_dtype=None, remat
     def load_leaf(path_, shape, target):
         keys = _path_keys(path_)
         names = hf_names(cfg, keys)
-        stacked = len(names) > 1 or (len(keys) > 2 and keys[:2] == ("model", "layers"))
+        stacked = len(keys) > 2 and keys[:2] == ("model", "layers")
+        if target.is_fully_addressable:
+            return _fill_in_chunks(reader, names, stacked, shape.shape, jnp.dtype(param_dtype), target)
+        # multi-host: every device reads exactly its own shard
         callback = _leaf_reader(reader, names, stacked, jnp.dtype(param_dtype))
         return jax.make_array_from_callback(shape.shape, target, callback)
 
