@@ -258,6 +258,29 @@ DOC_PLANS = {
 }
 
 
+def format_summary(name: str, cfg: ModelConfig, workload: Workload) -> str:
+    lines = [f"| {name}: platform | mesh (data, fsdp, tensor) | params / device | SFT GB / device | "
+             f"PPO GB / device | HBM GB | PPO share |", "|---|---|---:|---:|---:|---:|---:|"]
+    for platform, hbm, mesh in DOC_PLANS[name]:
+        r = plan(cfg, mesh, workload)
+        lines.append(f"| {platform} | {mesh} | {r['per_device_params'] / 1e9:.3f} B | "
+                     f"{_gb(r['sft_total'])} | {_gb(r['ppo_total'])} | {hbm} | "
+                     f"{r['ppo_total'] / GB / hbm:.0%} |")
+    return "\n".join(lines)
+
+
+def docs_tables(workload: Workload) -> str:
+    """The tables of docs/scaling.md: parameters, one detailed plan per model, a summary."""
+    out = []
+    for name, rows in DOC_PLANS.items():
+        _, cfg = load_model_config(name)
+        platform, hbm, mesh = rows[0]
+        out.append(format_params(plan(cfg, mesh, workload), name))
+        out.append(f"Per device on {platform}, mesh {mesh}:\n\n" + format_memory(plan(cfg, mesh, workload), hbm))
+        out.append(format_summary(name, cfg, workload))
+    return "\n\n".join(out)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="llama3_2_11b_vision",
@@ -274,12 +297,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     workload = Workload(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Workload)})
     if args.docs:
-        for name, rows in DOC_PLANS.items():
-            _, cfg = load_model_config(name)
-            print(f"## {name}\n\n{format_params(plan(cfg, rows[0][2], workload), name)}\n")
-            for platform, hbm, mesh in rows:
-                print(f"### {name} on {platform}, mesh {mesh}\n")
-                print(format_memory(plan(cfg, mesh, workload), hbm) + "\n")
+        print(docs_tables(workload))
         return 0
     name, cfg = load_model_config(args.model)
     mesh = tuple(int(x) for x in args.mesh.split(","))
