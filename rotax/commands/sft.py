@@ -1,0 +1,85 @@
+"""`rotax sft --config FILE [--config.key=value ...] [--resume]`: supervised fine-tuning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rotax.run_config import add_config_arguments
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("sft", help="supervised fine-tuning from an HF directory (model.path)")
+    add_config_arguments(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest good checkpoint in run_dir")
+    p.set_defaults(run=run)
+
+
+def general_points_eval_hook(sft, model_cfg, tokenizer, renderer, mesh):
+    """``hook(params, step) -> {id_accuracy, ood_accuracy, id_first_attempt,
+    ood_first_attempt}`` from :func:`rotax.evaluation.evaluate` (greedy, revision episodes) on
+    the first ``sft.eval_hands`` hands of each seeded set."""
+    from rotax import evaluation
+    from rotax.tasks.points import Rule
+
+    def hook(params, step):
+        out = {}
+        for name, rule in (("id", Rule.ID), ("ood", Rule.OOD)):
+            report = evaluation.evaluate(model_cfg, params, tokenizer, renderer, rule,
+                                         seeds=tuple(sft.eval_seeds), n=sft.eval_hands,
+                                         batch_size=sft.eval_batch_size, mesh=mesh, progress=False)
+            pooled = report["over_seeds"]
+            out[f"{name}_accuracy"] = pooled["within"]["mean"]
+            out[f"{name}_first_attempt"] = pooled["first_attempt"]["mean"]
+        return out
+
+    return hook
+
+
+def probe_sets(data, tokenizer, batch_size: int) -> dict:
+    """Held-out ID and OOD GeneralPoints batches (``data.probe_batches`` each) for probe losses."""
+    from rotax.sft_data import make_source
+
+    if data.source != "general_points" or not data.probe_batches:
+        return {}
+    sets = {}
+    for name in ("id", "ood"):
+        source = make_source(data, tokenizer, batch_size=batch_size, rules=(name,), stream="probe")
+        sets[name] = [source(data.probe_seed, i) for i in range(data.probe_batches)]
+    return sets
+
+
+def run(args) -> int:
+    import jax
+
+    from rotax import base_model, sft_loop
+    from rotax.run_config import config_from_args
+    from rotax.sft_data import make_renderer, make_source
+    from rotax.tokenizer import load_tokenizer
+
+    config = config_from_args(args)
+    mesh = sft_loop.mesh_from_config(config)
+    source_dir = base_model.resolve_path(config.model, config.run_dir).absolute()
+    model_cfg = base_model.model_config(config.model, source_dir)
+    tokenizer = load_tokenizer(source_dir)
+    rows = config.sft.batch_size // config.sft.grad_accum_steps
+    data_source = make_source(config.data, tokenizer, batch_size=config.sft.batch_size)
+    hook = None
+    if config.sft.eval_every and config.data.source == "general_points":
+        hook = general_points_eval_hook(config.sft, model_cfg, tokenizer, make_renderer(config.data), mesh)
+
+    def load_params():
+        return base_model.load_base(config.model, mesh, config.run_dir)[1]
+
+    metadata = {"model": {"source": str(source_dir), "hf_config": model_cfg.hf_config,
+                          "param_dtype": model_cfg.param_dtype, "compute_dtype": model_cfg.dtype}}
+    result = sft_loop.train(config, model_cfg, load_params, data_source, mesh=mesh,
+                            resume=args.resume, eval_hook=hook,
+                            probe_sets=probe_sets(config.data, tokenizer, rows), run_metadata=metadata)
+    if jax.process_index() == 0:
+        print(f"sft: {result.step} steps, loss {result.metrics.get('loss', float('nan')):.4f}; "
+              f"checkpoints {result.checkpoints} in {Path(config.run_dir) / 'checkpoints' / 'sft'}")
+        if result.max_ood:
+            print(f"sft_max_ood: step {result.max_ood['step']} "
+                  f"({result.max_ood['metric']} = {result.max_ood['value']:.4f})")
+    return 0

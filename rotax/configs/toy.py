@@ -1,0 +1,48 @@
+"""The embedded toy study (`rotax study` with no --config): a ~0.8M-parameter Llama-architecture
+base on the word-level GeneralPoints form, pre-trained by rotax itself (see rotax/toy.py).
+
+Composed from each module's ``default_config()``; values follow ../shared/TOY-NOTES.md
+("design R"). ``--config.study.preset=smoke`` runs every stage in about two minutes.
+"""
+
+from rotax import base_model, ppo, run_config, sft, sft_data, study
+
+
+def get_config():
+    config = run_config.default_config()
+    config.run_dir = "runs/toy"
+    config.seed = 0
+
+    config.model = base_model.default_config()
+    config.model.path = "toy"
+
+    config.data = sft_data.default_config()
+    config.data.renderer = "compact"
+    config.data.bucket = 16
+    config.data.max_length = 128
+    config.data.solution_choice = "canonical"
+
+    # base pre-training: half ID rule, half random face-card rules (never J=11, Q=12, K=13)
+    config.pretrain = sft.default_config()
+    config.pretrain.update(dict(num_steps=750, batch_size=64, learning_rate=1.5e-3, schedule="cosine",
+                                warmup_steps=120, end_learning_rate=1.5e-4, max_grad_norm=1.0,
+                                checkpoint_every=250, eval_every=0, probe_every=0,
+                                async_checkpointing=False))
+
+    # SFT on a fixed pool of ID hands, long enough to over-fit
+    config.sft = sft.default_config()
+    config.sft.update(dict(num_steps=500, batch_size=64, learning_rate=1e-3, schedule="constant",
+                           warmup_steps=20, max_grad_norm=1.0, checkpoint_every=50, eval_every=50,
+                           probe_every=0, async_checkpointing=False))
+
+    # PPO on ID hands (toy-scale learning rate and temperature; the study's values are in
+    # configs/llama3_2_11b_vision.py and configs/qwen2_5_7b.py)
+    config.ppo = ppo.default_config()
+    config.ppo.update(dict(num_updates=40, episodes_per_update=64, attempts=5, temperature=1.0,
+                           max_new_tokens=40, rollout_batch_size=64, learning_rate=1e-4,
+                           end_learning_rate=1e-5, max_grad_norm=1.0, epochs=2, minibatch_size=64,
+                           microbatch_size=32, checkpoint_every=20, eval_every=10,
+                           async_checkpointing=False, export_hf=False))
+
+    config.study = study.default_config()
+    return config

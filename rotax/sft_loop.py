@@ -1,0 +1,180 @@
+"""The SFT loop: batches from a source, the jitted step, checkpoints, evaluation, logging.
+
+``train(config, model_cfg, params, source, ...)`` runs ``config.sft.num_steps`` optimizer
+steps. Batch ``i`` is ``source(config.seed, i)``, so resuming from the checkpoint of step ``n``
+replays exactly batches ``n, n+1, ...``. A non-finite loss or gradient norm stops the run with
+:class:`NonFiniteLossError` naming the step; nothing after the last good checkpoint is saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from rotax import sharding as sharding_lib
+from rotax.checkpoint import CheckpointStore, update_run_metadata
+from rotax.metrics import RunLogger, tokens_per_second
+from rotax.models.decoder import param_shapes
+from rotax.run_config import config_to_dict, mesh_shape, write_resolved_config
+from rotax.sft import make_eval_loss, make_train_step, micro_batch_sharding, split_micro_batches
+from rotax.sft_data import Batch
+from rotax.train_state import abstract_train_state, init_train_state, make_optimizer
+
+log = logging.getLogger(__name__)
+STAGE = "sft"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient norm became NaN/inf; the message names the step."""
+
+
+@dataclasses.dataclass
+class SFTResult:
+    state: Any            # the final TrainState
+    step: int             # optimizer steps done
+    metrics: dict         # the last step's metrics
+    max_ood: dict | None  # {"step", "metric", "value", "checkpoint"} of the best evaluation
+    checkpoints: list     # checkpoint steps on disk
+
+
+def mesh_from_config(config) -> "jax.sharding.Mesh":
+    """The ``(data, fsdp, tensor)`` mesh of ``config.mesh.shape`` over all devices."""
+    return sharding_lib.make_mesh(mesh_shape(config.mesh.shape, jax.device_count()))
+
+
+def evaluate_probes(eval_loss, params, probe_sets: Mapping[str, Sequence[Batch]]) -> dict:
+    """``{"<name>_loss": mean answer-token nll}`` over each probe set's batches."""
+    out = {}
+    for name, batches in probe_sets.items():
+        total = count = 0.0
+        for batch in batches:
+            s, n = jax.device_get(eval_loss(params, batch))
+            total, count = total + float(s), count + float(n)
+        out[f"{name}_loss"] = total / max(count, 1.0)
+    return out
+
+
+def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mesh=None,
+          resume: bool = False, eval_hook: Callable | None = None,
+          probe_sets: Mapping[str, Sequence[Batch]] | None = None,
+          run_metadata: Mapping[str, Any] | None = None,
+          compiler_options: dict | None = None) -> SFTResult:
+    """Runs SFT under ``config`` (sections ``sft``, plus ``seed``, ``run_dir``, ``mesh``).
+
+    params: the starting canonical tree, or a zero-argument callable returning it (called
+    only when not resuming). eval_hook(params, step) -> {metric: value} is called every
+    ``sft.eval_every`` steps (and at step 0); probe_sets ``{"id": [Batch], "ood": [...]}``
+    get their loss every ``sft.probe_every`` steps. run_metadata (e.g. the source HF
+    directory and its config) goes into every checkpoint and ``run_metadata.json``.
+    compiler_options: XLA options for the step and probe-loss jits.
+    With ``resume`` the newest good checkpoint is restored (damaged ones are skipped).
+    """
+    sft = config.sft
+    mesh = mesh or mesh_from_config(config)
+    if sft.batch_size % sft.grad_accum_steps:
+        raise ValueError(f"sft.batch_size={sft.batch_size} does not divide into "
+                         f"sft.grad_accum_steps={sft.grad_accum_steps} micro-batches")
+    rows = sft.batch_size // sft.grad_accum_steps
+    split = mesh.shape["data"] * mesh.shape["fsdp"]
+    if rows % split:
+        raise ValueError(f"micro-batch of {rows} rows does not split over data×fsdp={split} devices")
+    optimizer, schedule = make_optimizer(sft, sft.num_steps)
+    abstract = abstract_train_state(param_shapes(model_cfg), optimizer, mesh)
+    shardings = jax.tree.map(lambda a: a.sharding, abstract)
+    run_metadata = dict(run_metadata or {})
+    config_dict = config_to_dict(config)
+    write_resolved_config(config, config.run_dir)
+    store = CheckpointStore(config.run_dir, STAGE, keep=sft.keep_checkpoints or None,
+                            async_save=sft.async_checkpointing)
+    start, state, best = 0, None, None
+    if store.steps():
+        if not resume:
+            raise ValueError(f"{store.directory} already holds checkpoints {store.steps()}; pass "
+                             f"--resume to continue, or choose another run_dir")
+        restored = store.restore_latest(abstract)
+        if restored is None:
+            log.warning("no usable checkpoint in %s; starting from step 0", store.directory)
+        else:
+            start, state, metadata = restored
+            best = metadata.get("sft_max_ood")
+            if int(state.step) != start:
+                raise ValueError(f"checkpoint {start} holds state.step={int(state.step)}")
+    if state is None:
+        state = init_train_state(params() if callable(params) else params, optimizer, config.seed, shardings)
+    update_run_metadata(config.run_dir, **run_metadata, sft_max_ood=best)
+
+    step_fn = make_train_step(model_cfg, optimizer, schedule, mesh, shardings,
+                              compiler_options=compiler_options)
+    eval_loss = make_eval_loss(model_cfg, mesh, shardings.params, compiler_options) \
+        if probe_sets else None
+    micro = micro_batch_sharding(mesh)
+    logger = RunLogger(config.run_dir, STAGE, start_step=start, total_steps=sft.num_steps,
+                       progress=sft.progress)
+
+    def observe(step: int) -> dict:
+        """Evaluation hook and probe losses due at ``step``; updates ``best``."""
+        nonlocal best
+        out = {}
+        if probe_sets and sft.probe_every and step % sft.probe_every == 0:
+            out.update(evaluate_probes(eval_loss, state.params, probe_sets))
+            logger.log(step, out, group="probe")
+        if eval_hook is not None and sft.eval_every and step % sft.eval_every == 0:
+            results = {k: float(v) for k, v in eval_hook(state.params, step).items()}
+            logger.log(step, results, group="eval")
+            out.update(results)
+            value = results.get(sft.select_metric)
+            if value is not None and (best is None or value > best["value"]):
+                best = {"step": step, "metric": sft.select_metric, "value": value, "checkpoint": None}
+        return out
+
+    def save(step: int, metrics: dict) -> None:
+        nonlocal best
+        if best is not None and best["step"] == step:
+            best = dict(best, checkpoint=str(store.path(step)))
+        store.save(step, state, {**run_metadata, "config": config_dict, "metrics": metrics,
+                                 "data_position": {"seed": int(config.seed), "next_batch": step},
+                                 "sft_max_ood": best})
+        update_run_metadata(config.run_dir, sft_max_ood=best,
+                            sft_last_checkpoint=str(store.path(step)))
+
+    metrics: dict = {}
+    try:
+        if start == 0:
+            observed = observe(0)
+            if sft.checkpoint_initial:
+                save(0, observed)
+        for index in range(start, sft.num_steps):
+            began = time.perf_counter()
+            batch = split_micro_batches(source(config.seed, index), sft.grad_accum_steps)
+            batch = jax.device_put(batch, Batch(micro, micro, micro))
+            state, device_metrics = step_fn(state, batch)
+            metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+            step = index + 1
+            if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+                last = store.steps()[-1] if store.steps() else None
+                raise NonFiniteLossError(
+                    f"non-finite loss {metrics['loss']} (grad norm {metrics['grad_norm']}) at step "
+                    f"{step} (batch {index}); stopped; last good checkpoint: "
+                    f"{store.path(last) if last is not None else 'none'}")
+            seconds = time.perf_counter() - began
+            metrics.update(step_seconds=seconds, tokens_per_second=tokens_per_second(metrics["tokens"], seconds))
+            logger.log(step, metrics)
+            logger.progress(step, loss=metrics["loss"], tok_s=round(metrics["tokens_per_second"]))
+            observed = observe(step)
+            if step == sft.num_steps or (sft.checkpoint_every and step % sft.checkpoint_every == 0):
+                save(step, {**metrics, **observed})
+    finally:
+        store.close()
+        logger.close()
+    return SFTResult(state, sft.num_steps, metrics, best, store.steps())
+
+
+def host_params(state) -> dict:
+    """The params of a train state as numpy arrays (for comparisons and tests)."""
+    return jax.tree.map(np.asarray, jax.device_get(state.params))
