@@ -1,0 +1,89 @@
+"""The settings the real-model configs share: the study's SFT, PPO and evaluation recipe
+(SPEC §1–3) on top of each module's ``default_config()``.
+
+Not a config file itself (no ``get_config``); ``llama3_2_11b_vision.py``, ``qwen2_5_7b.py`` and
+``small_real.py`` call :func:`study_config` and then set what differs per model. Every value
+that reproduces the study is set here explicitly, even where it equals a module default, so a
+changed default cannot silently change a reproduction; docs/reproducing-the-study.md maps each
+one to the paper.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from rotax import base_model, ppo, run_config, sft, sft_data, study
+
+#: Evaluation hands per rule, their seed, attempts per hand and tokens per answer (SPEC §1).
+EVAL_HANDS = 234
+EVAL_SEED = 42
+ATTEMPTS = 5
+MAX_NEW_TOKENS = 256
+
+
+def study_config(*, run_dir: str, sft_steps: int, ppo_updates: int,
+                 episodes_per_update: int, ppo_minibatch: int) -> ml_collections.ConfigDict:
+    """A full run config with the study's recipe.
+
+    ``sft_steps``: SFT optimizer steps. ``ppo_updates``: PPO updates (rollout + 4 epochs).
+    ``episodes_per_update``: revision episodes collected per update. ``ppo_minibatch``: time
+    steps (turns) per PPO optimizer step. ``model.path`` is left empty: give the local HF
+    directory with ``--config.model.path=...`` (rotax never downloads)."""
+    config = run_config.default_config()
+    config.run_dir = run_dir
+    config.seed = 0
+    config.mesh.shape = (1, -1, 1)  # all devices on fsdp; see docs/scaling.md
+
+    config.model = base_model.default_config()
+    config.model.update(dict(path="", param_dtype="float32", compute_dtype="bfloat16", remat=True))
+
+    config.data = sft_data.default_config()
+    config.data.update(dict(source="general_points", rules=("id",), renderer="json_chat",
+                            solution_choice="random", bucket=64, max_length=1024))
+
+    # SFT (SPEC §2): AdamW (0.9, 0.98), eps 1e-7, no weight decay, lr 1e-6, ~3% linear warm-up
+    # then constant, 64 sequences per step, bf16 compute over fp32 master weights.
+    config.sft = sft.default_config()
+    config.sft.update(dict(
+        num_steps=sft_steps, batch_size=64, grad_accum_steps=1,
+        learning_rate=1e-6, schedule="constant", warmup_fraction=0.03, warmup_steps=-1,
+        end_learning_rate=0.0, b1=0.9, b2=0.98, eps=1e-7, weight_decay=0.0,
+        max_grad_norm=1.0,  # transformers.Trainer's default; the study does not change it
+        checkpoint_every=100, checkpoint_initial=True, keep_checkpoints=0,
+        eval_every=100, eval_hands=EVAL_HANDS, eval_seeds=(EVAL_SEED,), eval_batch_size=64,
+        select_metric="ood_accuracy",
+    ))
+
+    # PPO (SPEC §3): GAE 0.9/0.95, clip 0.1, value loss x0.5 clipped at 0.1, rollout
+    # temperature 0.2, tokens before the formula key weighted 0.5, 4 epochs, Adam lr 1e-6
+    # cosine to 1e-9 over the updates, grad-norm clip 0.01, no KL, no entropy bonus.
+    config.ppo = ppo.default_config()
+    config.ppo.update(dict(
+        num_updates=ppo_updates, episodes_per_update=episodes_per_update, attempts=ATTEMPTS,
+        rule="id", temperature=0.2, top_k=0, top_p=1.0, max_new_tokens=MAX_NEW_TOKENS,
+        gamma=0.9, gae_lambda=0.95, epochs=4, minibatch_size=ppo_minibatch, microbatch_size=32,
+        clip_epsilon=0.1, value_clip_epsilon=0.1, value_coef=0.5, entropy_coef=0.0,
+        kl_coef=0.0, pre_formula_weight=0.5, formula_marker="",
+        learning_rate=1e-6, schedule="cosine", warmup_steps=0, warmup_fraction=0.0,
+        end_learning_rate=1e-9, b1=0.9, b2=0.999, eps=1e-7, weight_decay=0.0, max_grad_norm=0.01,
+        eval_hands=EVAL_HANDS, eval_seeds=(EVAL_SEED,),
+    ))
+
+    # The pipeline: standard 13-rank deck, the study's evaluation sets, analysis against the
+    # peak-OOD SFT checkpoint with k as a fraction of min(m, n), resets onto the SFT end.
+    config.study = study.default_config()
+    config.study.update(dict(
+        deck="standard", eval_hands=EVAL_HANDS, reset_hands=EVAL_HANDS, probe_hands=EVAL_HANDS,
+        eval_seeds=(EVAL_SEED,), attempts=ATTEMPTS, max_new_tokens=MAX_NEW_TOKENS,
+        eval_batch_size=64, sft_pool_hands=sft_steps * 64,
+        ppo_starts=("peak", "end"), ppo_seeds=1, reset_reference="peak",
+        analysis_k=0.2, null_seeds=2,
+    ))
+    return config
+
+
+def checkpoint_schedule(first: tuple[int, ...], every: int, last: int) -> tuple[int, ...]:
+    """``first`` followed by every multiple of ``every`` above ``max(first)`` up to ``last``
+    (the study's uneven SFT checkpoint lists)."""
+    start = (max(first) // every + 1) * every
+    return tuple(first) + tuple(range(start, last + 1, every))
