@@ -80,7 +80,7 @@ def matrix_pairs(reference, targets) -> Iterator[tuple[str, Any, Any]]:
     labelled = dict(targets) if many else {"target": targets}
     flat = {label: _flatten(tree) for label, tree in labelled.items()}
     for path, ref_leaf in _flatten(reference).items():
-        if not is_matrix(path, np.ndim(ref_leaf)):
+        if not is_matrix(path, len(ref_leaf.shape)):
             continue
         name = ".".join(path)
         leaves = {}
@@ -139,7 +139,7 @@ def analyze_module(name: str, ref_stack, targets: Mapping[str, Any], *, k, bands
     """Rows and arrays for one module: ``ref_stack`` ``[L, m, n]`` (or ``[m, n]``) against each
     ``targets[label]`` of the same shape."""
     path = tuple(name.split("."))
-    stacked = is_stacked(path) and np.ndim(ref_stack) == 3
+    stacked = is_stacked(path) and len(ref_stack.shape) == 3
     num, m, n = (ref_stack.shape if stacked else (1, *ref_stack.shape))
     ids = tuple(layer_ids) if (stacked and layer_ids is not None) else tuple(range(num))
     if stacked and len(ids) != num:
@@ -214,6 +214,9 @@ def _compare_stack(ref, ref_factors, tgt, keys, *, k: int, bands: tuple[int, int
     """vmap over layers of: factorize target, compare, and the same for each null draw."""
 
     def one(w_ref, factors, w_tgt, layer_keys):
+        if layer_keys.shape[0] == 0:
+            scalars, arrays = compare(w_ref, factors, w_tgt, factorize(w_tgt), k=k, bands=bands)
+            return scalars, arrays, {}, {}
         # Target and null draws go through one vmapped `compare` (one copy in the program).
         norm = jnp.sqrt(jnp.sum((w_tgt - w_ref) ** 2))
         draws = jax.vmap(lambda raw: matched_norm_perturbation(

@@ -247,3 +247,41 @@ def test_layer_spec_grammar():
     assert parse_modules("q_proj,k,down") == ("q", "k", "down")
     with pytest.raises(ValueError, match="unknown module"):
         parse_modules("attn")
+
+
+def test_cli_reset_layers_on_mllama_numbering(tmp_path):
+    from safetensors import safe_open
+
+    from rotax.cli import main
+    from tests import hf_fixtures
+
+    ref = hf_fixtures.mllama(tmp_path / "ref", seed=2)
+    tgt = hf_fixtures.mllama(tmp_path / "tgt", seed=3)
+    out = tmp_path / "out"
+    # 5 HF text layers, cross-attention layers 1 and 3: "first 40%" = HF 0-1 -> stacked HF 0.
+    assert main(["reset", "--reference", str(ref), "--target", str(tgt), "--op", "layers",
+                 "--layers", "first 40%", "--out", str(out)]) == 0
+
+    def tensors(directory):
+        found = {}
+        for f in Path(directory).glob("*.safetensors"):
+            with safe_open(str(f), framework="numpy") as handle:
+                found.update({k: handle.get_tensor(k) for k in handle.keys()})
+        return found
+
+    r, t, o = tensors(ref), tensors(tgt), tensors(out)
+    assert set(o) == set(t)
+    layer = "language_model.model.layers.{}.self_attn.q_proj.weight"
+    np.testing.assert_array_equal(o[layer.format(0)], r[layer.format(0)])
+    np.testing.assert_array_equal(o[layer.format(2)], t[layer.format(2)])
+    cross = next(k for k in t if "layers.1.cross_attn" in k)
+    np.testing.assert_array_equal(o[cross], t[cross])  # cross-attention layer: from the target
+    norm = "language_model.model.layers.0.input_layernorm.weight"
+    np.testing.assert_array_equal(o[norm], r[norm])
+    assert main(["reset", "--reference", str(ref), "--target", str(tgt), "--op", "uv-merge",
+                 "--top", "20%", "--layers", "4", "--out", str(tmp_path / "uv")]) == 0
+    uv = tensors(tmp_path / "uv")
+    assert not np.array_equal(uv[layer.format(4)], t[layer.format(4)])
+    np.testing.assert_array_equal(uv[layer.format(0)], t[layer.format(0)])
+    assert main(["reset", "--reference", str(ref), "--target", str(tgt), "--op", "layers",
+                 "--layers", "3", "--out", str(tmp_path / "none")]) == 2  # cross-attention only

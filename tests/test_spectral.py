@@ -206,3 +206,32 @@ def test_rank_and_band_resolution():
         subspace.resolve_rank(11, 10)
     with pytest.raises(ValueError):
         subspace.resolve_rank(1.5, 10)
+
+
+def test_plots_write_pngs(tmp_path, result):
+    from rotax import spectral_plots
+
+    paths = spectral_plots.plot_all(result, tmp_path)
+    assert {p.name for p in paths} == {"spectra.png", "angles.png", "bands.png",
+                                       "drift_vs_rotation.png"}
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_analyze_streams_checkpoints(tmp_path, capsys):
+    from rotax.cli import main
+    from tests import hf_fixtures
+
+    ref = hf_fixtures.llama(tmp_path / "ref", layers=2, seed=0)
+    tgt = hf_fixtures.llama(tmp_path / "tgt", layers=2, seed=1)
+    out = tmp_path / "out"
+    assert main(["analyze", "--reference", str(ref), "--target", str(tgt), "--out", str(out),
+                 "--k", "0.25", "--null-seeds", "0", "--modules", "q,embed,head"]) == 0
+    with open(out / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted((r["module"], r["layer"]) for r in rows) == [
+        ("embed", ""), ("head", ""), ("q", "0"), ("q", "1")]
+    assert {p.name for p in out.glob("*.png")} == {"spectra.png", "angles.png", "bands.png",
+                                                   "drift_vs_rotation.png"}
+    printed = capsys.readouterr().out
+    assert "chordal U" in printed and "tgt" in printed
