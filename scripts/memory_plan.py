@@ -70,17 +70,18 @@ class Workload:
     """Batch and length assumptions. SFT: ``sft_batch`` sequences of prompt + answer tokens
     per step in ``sft_grad_accum`` micro-batches.
     PPO: rollouts of ``rollout_batch`` parallel episodes whose context grows over ``turns``
-    attempts (prompt + answers + failure feedback); updates on micro-batches of
-    ``ppo_microbatch`` full-length contexts."""
+    attempts (prompt + answers of up to ``ppo_answer_tokens`` + failure feedback); updates on
+    micro-batches of ``ppo_microbatch`` full-length contexts."""
 
     sft_batch: int = 64
     sft_grad_accum: int = 1
     prompt_tokens: int = 300
     answer_tokens: int = 256
+    ppo_answer_tokens: int = 512
     turns: int = 5
     feedback_tokens: int = 40
     rollout_batch: int = 128
-    ppo_microbatch: int = 32
+    ppo_microbatch: int = 16
     kl_reference: bool = False
 
     @property
@@ -89,7 +90,8 @@ class Workload:
 
     @property
     def episode_length(self) -> int:
-        return self.prompt_tokens + self.turns * self.answer_tokens + (self.turns - 1) * self.feedback_tokens
+        return (self.prompt_tokens + self.turns * self.ppo_answer_tokens
+                + (self.turns - 1) * self.feedback_tokens)
 
 
 # ---------------------------------------------------------------- parameters
@@ -245,25 +247,37 @@ def load_model_config(name_or_path: str) -> tuple[str, ModelConfig]:
     return path.name, ModelConfig.from_hf_dict(json.loads(config_file.read_text()))
 
 
-#: (platform, HBM GB per device, mesh) rows of docs/scaling.md, per model.
+#: (platform, HBM GB per device, mesh, workload changes) rows of docs/scaling.md, per model.
+#: PPO micro-batches are raised to one row per device where 16 would not split.
 DOC_PLANS = {
-    name: [("TPU v5p-32 (16 chips)", 95, (1, 16, 1)),
-           ("TPU v5p-64 (32 chips)", 95, (1, 32, 1)),
-           ("TPU v6e-8 (one host)", 32, (1, 8, 1)),
-           ("TPU v6e-16", 32, (1, 16, 1)),
-           ("TPU v6e-16, fsdp x tensor", 32, (1, 8, 2)),
-           ("TPU v6e-32", 32, (1, 32, 1)),
-           ("8x H100 80 GB", 80, (1, 8, 1))]
+    name: [("TPU v5p-32 (16 chips)", 95, (1, 16, 1), {}),
+           ("TPU v5p-64 (32 chips)", 95, (1, 32, 1), {}),
+           ("TPU v6e-8 (one host)", 32, (1, 8, 1), {}),
+           ("TPU v6e-8, smaller batches", 32, (1, 8, 1),
+            dict(sft_grad_accum=2, ppo_microbatch=8, rollout_batch=64)),
+           ("TPU v6e-16", 32, (1, 16, 1), {}),
+           ("TPU v6e-16, fsdp x tensor", 32, (1, 8, 2), {}),
+           ("TPU v6e-32", 32, (1, 32, 1), {}),
+           ("8x H100 80 GB", 80, (1, 8, 1), {})]
     for name in ("llama3_2_11b_vision", "qwen2_5_7b")
 }
 
 
+def row_workload(workload: Workload, mesh, changes: dict) -> Workload:
+    split = mesh[0] * mesh[1]
+    changes = {"ppo_microbatch": max(workload.ppo_microbatch, split), **changes}
+    return dataclasses.replace(workload, **changes)
+
+
 def format_summary(name: str, cfg: ModelConfig, workload: Workload) -> str:
-    lines = [f"| {name}: platform | mesh (data, fsdp, tensor) | params / device | SFT GB / device | "
-             f"PPO GB / device | HBM GB | PPO share |", "|---|---|---:|---:|---:|---:|---:|"]
-    for platform, hbm, mesh in DOC_PLANS[name]:
-        r = plan(cfg, mesh, workload)
+    lines = [f"| {name}: platform | mesh (data, fsdp, tensor) | params / device | SFT b | "
+             f"PPO b | SFT GB / device | PPO GB / device | HBM GB | PPO share |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for platform, hbm, mesh, changes in DOC_PLANS[name]:
+        r = plan(cfg, mesh, row_workload(workload, mesh, changes))
+        seq = r["sequences_per_device"]
         lines.append(f"| {platform} | {mesh} | {r['per_device_params'] / 1e9:.3f} B | "
+                     f"{seq['sft micro-batch']:g} | {seq['ppo micro-batch']:g} | "
                      f"{_gb(r['sft_total'])} | {_gb(r['ppo_total'])} | {hbm} | "
                      f"{r['ppo_total'] / GB / hbm:.0%} |")
     return "\n".join(lines)
@@ -274,9 +288,10 @@ def docs_tables(workload: Workload) -> str:
     out = []
     for name, rows in DOC_PLANS.items():
         _, cfg = load_model_config(name)
-        platform, hbm, mesh = rows[0]
-        out.append(format_params(plan(cfg, mesh, workload), name))
-        out.append(f"Per device on {platform}, mesh {mesh}:\n\n" + format_memory(plan(cfg, mesh, workload), hbm))
+        platform, hbm, mesh, changes = rows[0]
+        result = plan(cfg, mesh, row_workload(workload, mesh, changes))
+        out.append(format_params(result, name))
+        out.append(f"Per device on {platform}, mesh {mesh}:\n\n" + format_memory(result, hbm))
         out.append(format_summary(name, cfg, workload))
     return "\n\n".join(out)
 

@@ -4,7 +4,7 @@ Llama-3.2-1B(-Instruct) or Qwen2.5-0.5B/1.5B(-Instruct) from a local HF director
     rotax study --config configs/small_real.py --config.model.path="$MODEL_DIR/Qwen2.5-0.5B-Instruct"
 
 Differences from the 7-11B configs, all for memory or speed on one device: the 64 sequences of
-an SFT step run as 8 micro-batches of 8, PPO updates on micro-batches of 4 rows and samples 32
+an SFT step run as 8 micro-batches of 8, PPO updates on micro-batches of 2 rows and samples 16
 episodes at a time, fewer steps, and a 10x larger SFT learning rate (1e-5; the study's 1e-6 was
 chosen for 7-11B models). Memory: docs/scaling.md ("Small models on one accelerator").
 """
@@ -21,8 +21,8 @@ def get_config():
     config.sft.grad_accum_steps = 8
     config.sft.learning_rate = 1e-5
     config.sft.eval_batch_size = 32
-    config.ppo.microbatch_size = 4
-    config.ppo.rollout_batch_size = 32
+    config.ppo.microbatch_size = 2
+    config.ppo.rollout_batch_size = 16
     config.ppo.eval_batch_size = 32
     config.ppo.checkpoint_every = 20
     config.ppo.eval_every = 20

@@ -19,6 +19,8 @@ EVAL_HANDS = 234
 EVAL_SEED = 42
 ATTEMPTS = 5
 MAX_NEW_TOKENS = 256
+#: The reference's rollout budget per answer during RL (its RL configs: max_new_tokens 512).
+PPO_MAX_NEW_TOKENS = 512
 
 
 def study_config(*, run_dir: str, sft_steps: int, ppo_updates: int,
@@ -57,11 +59,13 @@ def study_config(*, run_dir: str, sft_steps: int, ppo_updates: int,
     # PPO (SPEC §3): GAE 0.9/0.95, clip 0.1, value loss x0.5 clipped at 0.1, rollout
     # temperature 0.2, tokens before the formula key weighted 0.5, 4 epochs, Adam lr 1e-6
     # cosine to 1e-9 over the updates, grad-norm clip 0.01, no KL, no entropy bonus.
+    # microbatch_size 16 = one full-length row per device on 16 devices (docs/scaling.md);
+    # on 32 devices give --config.ppo.microbatch_size=32.
     config.ppo = ppo.default_config()
     config.ppo.update(dict(
         num_updates=ppo_updates, episodes_per_update=episodes_per_update, attempts=ATTEMPTS,
-        rule="id", temperature=0.2, top_k=0, top_p=1.0, max_new_tokens=MAX_NEW_TOKENS,
-        gamma=0.9, gae_lambda=0.95, epochs=4, minibatch_size=ppo_minibatch, microbatch_size=32,
+        rule="id", temperature=0.2, top_k=0, top_p=1.0, max_new_tokens=PPO_MAX_NEW_TOKENS,
+        gamma=0.9, gae_lambda=0.95, epochs=4, minibatch_size=ppo_minibatch, microbatch_size=16,
         clip_epsilon=0.1, value_clip_epsilon=0.1, value_coef=0.5, entropy_coef=0.0,
         kl_coef=0.0, pre_formula_weight=0.5, formula_marker="",
         learning_rate=1e-6, schedule="cosine", warmup_steps=0, warmup_fraction=0.0,
