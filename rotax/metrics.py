@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Mapping
@@ -29,6 +30,24 @@ def read_metrics(run_dir, stage: str | None = None) -> list[dict]:
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in rows if stage is None or r.get("stage") == stage]
+
+
+def summary_writer_class():
+    """``tensorboardX.SummaryWriter``, imported without importing torch.
+
+    tensorboardX imports torch when it is installed (2+ s and a large footprint; rotax never
+    needs it). While tensorboardX loads, ``torch`` is hidden (unless already imported), so its
+    optional torch support falls back to numpy."""
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 def _scalar(value):
@@ -55,9 +74,7 @@ class RunLogger:
         self._drop_rows_after(start_step)
         self._file = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard" / stage),
+            self._tb = summary_writer_class()(str(self.run_dir / "tensorboard" / stage),
                                      purge_step=start_step + 1 if start_step else None)
         if progress:
             from tqdm import tqdm

@@ -157,6 +157,7 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
             metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
             step = index + 1
             if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+                store.wait()
                 last = store.steps()[-1] if store.steps() else None
                 raise NonFiniteLossError(
                     f"non-finite loss {metrics['loss']} (grad norm {metrics['grad_norm']}) at step "

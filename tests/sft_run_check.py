@@ -44,7 +44,7 @@ def tiny_config(run_dir, hf_dir, steps: int, **sft_changes):
     return config
 
 
-def run_tiny(config, mesh=None, resume=False, source=None, announce=False):
+def run_tiny(config, mesh=None, resume=False, source=None, announce=False, compiler_options=None):
     from rotax import base_model, sft_loop
 
     cfg = base_model.model_config(config.model, config.model.path)
@@ -60,7 +60,8 @@ def run_tiny(config, mesh=None, resume=False, source=None, announce=False):
 
     meta = {"model": {"source": str(config.model.path), "hf_config": cfg.hf_config,
                       "param_dtype": cfg.param_dtype, "compute_dtype": cfg.dtype}}
-    return sft_loop.train(config, cfg, load, source or draw, mesh=mesh, resume=resume, run_metadata=meta)
+    return sft_loop.train(config, cfg, load, source or draw, mesh=mesh, resume=resume, run_metadata=meta,
+                          compiler_options=compiler_options)
 
 
 def _flat(tree):
@@ -90,7 +91,8 @@ def main_meshes(root, hf_dir):
               "1x4x2": sharding.make_mesh((1, 4, 2)), "2x4x1": sharding.make_mesh((2, 4, 1))}
     results = {}
     for name, mesh in meshes.items():
-        config = tiny_config(f"{root}/{name}", hf_dir, 3, batch_size=16)
+        config = tiny_config(f"{root}/{name}", hf_dir, 3, batch_size=16, checkpoint_initial=False,
+                             checkpoint_every=0)
         result = run_tiny(config, mesh=mesh)
         q = result.state.params["model"]["layers"]["self_attn"]["q_proj"]["weight"]
         print(f"{name}: loss {result.metrics['loss']:.6f}, q_proj sharding {q.sharding.spec}", flush=True)
