@@ -32,6 +32,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rotax.models import decoder
 from rotax.models.config import ModelConfig
+from rotax.models.layers import apply_rope, rope_cos_sin
+
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 
 class SampleOutput(NamedTuple):
@@ -146,6 +149,56 @@ def _lm_logits(cfg: ModelConfig, params, hidden):
     return nnx.merge(decoder.graphdef(cfg), params).logits(hidden)
 
 
+def decode_step(cfg: ModelConfig, params, token, position, valid, cache: decoder.KVCache, slot):
+    """One decode step for one new token per row, cache-friendly.
+
+    token ``[B]`` int32 at RoPE ``position`` ``[B]``, to be stored in cache slot ``slot``;
+    valid ``[B, T]`` bool marks the cache slots this token may attend to besides itself
+    (real prompt tokens and earlier generated slots, all ``< slot``). Same arithmetic as
+    :func:`rotax.models.decoder.apply` with a cache, but the layer scan only *reads* the cache
+    and attends to the new key/value separately; the new keys/values of all layers are written
+    with one in-place update afterwards, so a step never copies the cache.
+    Returns logits ``[B, V]`` float32 and the updated cache.
+    """
+    model = nnx.merge(decoder.graphdef(cfg), params)
+    dtype = jnp.dtype(cfg.dtype)
+    b = token.shape[0]
+    heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    groups = heads // kv_heads
+    x = model.model.embed_tokens(token[:, None], dtype)  # [B, 1, H]
+    cos, sin = rope_cos_sin(cfg, position[:, None])
+    layer_def, layer_state = nnx.split(model.model.layers)
+
+    def body(h, xs):
+        state, k_old, v_old = xs  # k_old/v_old: [B, T, kv, hd] (read only)
+        layer = nnx.merge(layer_def, state)
+        attn = layer.self_attn
+        a = layer.input_layernorm(h)
+        q = apply_rope(attn.q_proj(a).reshape(b, 1, heads, head_dim), cos, sin)
+        k = apply_rope(attn.k_proj(a).reshape(b, 1, kv_heads, head_dim), cos, sin)
+        v = attn.v_proj(a).reshape(b, 1, kv_heads, head_dim)
+        k, v = k.astype(k_old.dtype), v.astype(v_old.dtype)
+        q = q.reshape(b, kv_heads, groups, head_dim)
+        scale = head_dim ** -0.5
+        old = jnp.einsum("bkgd,btkd->bkgt", q, k_old.astype(q.dtype),
+                         preferred_element_type=jnp.float32) * scale
+        old = jnp.where(valid[:, None, None, :], old, _MASK_VALUE)
+        own = jnp.einsum("bkgd,bkd->bkg", q, k[:, 0].astype(q.dtype),
+                         preferred_element_type=jnp.float32)[..., None] * scale
+        probs = jax.nn.softmax(jnp.concatenate([old, own], axis=-1), axis=-1).astype(h.dtype)
+        out = jnp.einsum("bkgt,btkd->bkgd", probs[..., :-1], v_old.astype(h.dtype))
+        out = out + probs[..., -1:] * v[:, 0, :, None, :].astype(h.dtype)
+        h = h + attn.o_proj(out.reshape(b, 1, heads * head_dim))
+        h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return h, (k, v)
+
+    h, (k_new, v_new) = jax.lax.scan(body, x, (layer_state, cache.k, cache.v))
+    # k_new: [L, B, 1, kv, hd] -> slot `slot` of every layer, in place
+    cache = decoder.KVCache(jax.lax.dynamic_update_slice(cache.k, k_new, (0, 0, slot, 0, 0)),
+                            jax.lax.dynamic_update_slice(cache.v, v_new, (0, 0, slot, 0, 0)))
+    return model.logits(model.model.norm(h))[:, 0], cache
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "greedy", "top_k",
                                              "use_top_p", "eos_ids", "pad_id", "mesh"))
 def _sample(params, tokens, mask, keys, temperature, top_p, *, cfg, max_new_tokens, greedy,
@@ -188,10 +241,11 @@ def _sample(params, tokens, mask, keys, temperature, top_p, *, cfg, max_new_toke
 
     def body(carry):
         step, state, token, cache = carry
-        out = decoder.apply(cfg, params, token[:, None], positions=(prompt_lengths + step - 1)[:, None],
-                            kv_mask=kv_mask, cache=cache, cache_index=p + step - 1)
-        state, token = emit(state, out.logits[:, 0], step)
-        return step + 1, state, token, out.cache
+        slot = p + step - 1  # where `token` goes
+        valid = kv_mask & (jnp.arange(p + n)[None, :] < slot)
+        logits, cache = decode_step(cfg, params, token, prompt_lengths + step - 1, valid, cache, slot)
+        state, token = emit(state, logits, step)
+        return step + 1, state, token, cache
 
     _, state, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), state, token, out.cache))
     out_tokens, out_logp, _, lengths = state
