@@ -1,0 +1,121 @@
+"""`rotax study`: base → SFT → PPO → analysis → resets → auto-select → report, resumable by stage.
+
+Each stage writes ``<run_dir>/stages/<stage>.json`` when it finishes; a finished stage is not
+redone (``force`` redoes it and every later stage). Stage outputs are plain JSON so the
+report, a notebook or a test can read them without rotax's objects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+from tqdm.auto import tqdm
+
+from rotax import study_stages
+from rotax.run_config import write_resolved_config
+
+log = logging.getLogger(__name__)
+
+STAGES = ("base", "sft", "ppo", "analysis", "resets", "autoselect", "report")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The ``study`` section.
+
+    preset: ``""`` or ``"smoke"`` (every stage in ~2 minutes, for tests and CI). deck:
+    ``toy`` (16 ranks incl. number cards 11-13) or ``standard``. eval_hands / reset_hands /
+    probe_hands: hands per split along SFT, for the final table and resets, and for the
+    auto-select probe set (disjoint seeds). eval_seeds: seeds of the final evaluation.
+    attempts / max_new_tokens: the revision episode. ppo_starts: which SFT checkpoints PPO
+    starts from (``peak``, ``mid``, ``end`` or step numbers; ``all`` for every checkpoint).
+    ppo_seeds: PPO runs per start. reset_reference: ``peak`` (the study's SFT_MaxOOD) or
+    ``base``. null_seeds: matched-norm null draws per matrix. analysis_k: top-subspace rank.
+    """
+    return ml_collections.ConfigDict({
+        "preset": "",
+        "deck": "toy",
+        "eval_hands": 256,
+        "reset_hands": 1024,
+        "probe_hands": 256,
+        "eval_seeds": (0, 1, 2),
+        "attempts": 5,
+        "max_new_tokens": 40,
+        "eval_batch_size": 256,
+        "sft_pool_hands": 2048,
+        "ppo_starts": ("peak", "mid", "end"),
+        "ppo_seeds": 1,
+        "reset_reference": "peak",
+        "null_seeds": 2,
+        "analysis_k": 0.2,
+        "autoselect_layers": ("first 25%", "first 50%", "0-1", "last 25%"),
+        "autoselect_ranks": (0.1, 0.2, 0.5),
+        "progress": True,
+    })
+
+
+def apply_preset(config) -> None:
+    """Shrinks a toy config for ``study.preset == "smoke"`` (every stage, ~2 minutes)."""
+    if config.study.preset in ("", None):
+        return
+    if config.study.preset != "smoke":
+        raise ValueError(f"study.preset {config.study.preset!r}: choose '' or 'smoke'")
+    s = config.study
+    s.eval_hands, s.reset_hands, s.probe_hands, s.eval_seeds = 32, 64, 32, (0,)
+    s.attempts, s.sft_pool_hands, s.ppo_starts = 2, 256, ("peak", "end")
+    s.autoselect_layers, s.autoselect_ranks, s.null_seeds = ("first 25%", "last 25%"), (0.2,), 1
+    config.pretrain.num_steps, config.pretrain.checkpoint_every = 60, 60
+    config.sft.num_steps, config.sft.checkpoint_every, config.sft.eval_every = 40, 20, 20
+    config.ppo.num_updates, config.ppo.checkpoint_every = 2, 2
+    config.ppo.episodes_per_update = 16
+
+
+def _stage_file(run_dir: Path, stage: str) -> Path:
+    return run_dir / "stages" / f"{stage}.json"
+
+
+def run_study(config, *, force: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> dict:
+    """Runs every stage not yet finished; returns ``{stage: output}``. Apply
+    :func:`apply_preset` first for a preset."""
+    for name in force + only:
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r}; stages are {STAGES}")
+    run_dir = Path(config.run_dir)
+    (run_dir / "stages").mkdir(parents=True, exist_ok=True)
+    write_resolved_config(config, run_dir)
+    first_forced = min((STAGES.index(f) for f in force), default=len(STAGES))
+    outputs: dict = {}
+    context = study_stages.StudyContext(config, run_dir)
+    bar = tqdm(STAGES, desc="study", unit="stage", disable=not config.study.progress)
+    for index, stage in enumerate(bar):
+        bar.set_postfix_str(stage)
+        path = _stage_file(run_dir, stage)
+        if only and stage not in only:
+            if path.is_file():
+                outputs[stage] = json.loads(path.read_text())
+            continue
+        if path.is_file() and index < first_forced:
+            outputs[stage] = json.loads(path.read_text())
+            log.info("stage %s already finished (%s); skipping", stage, path)
+            continue
+        began = time.perf_counter()
+        result = getattr(study_stages, f"stage_{stage}")(context, outputs)
+        result["seconds"] = time.perf_counter() - began
+        outputs[stage] = result
+        if jax.process_index() == 0:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result, indent=2, default=_json_default))
+            tmp.replace(path)  # atomic: a killed stage leaves no stage file
+    return outputs
+
+
+def _json_default(x):
+    if hasattr(x, "item"):
+        return x.item()
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return str(x)

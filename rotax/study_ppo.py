@@ -1,0 +1,104 @@
+"""The PPO stage of `rotax study`: PPO from chosen SFT checkpoints on ID hands, with ID/OOD
+evaluation along the way and at the end."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import jax
+
+
+def resolve_starts(starts, sft: dict) -> list[tuple[str, int]]:
+    """``[(label, step)]`` for ``study.ppo_starts`` (``peak``/``mid``/``end``/``all``/steps)."""
+    named = {"peak": sft["peak_step"], "mid": sft["mid_step"], "end": sft["end_step"]}
+    out = []
+    for start in starts:
+        if start == "all":
+            out += [(f"step{s}", s) for s in sft["checkpoints"] if s > 0]
+        elif start in named:
+            out.append((start, named[start]))
+        else:
+            out.append((f"step{int(start)}", int(start)))
+    seen, unique = set(), []
+    for label, step in out:
+        if label not in seen:
+            seen.add(label)
+            unique.append((label, step))
+    return unique
+
+
+def run_ppo_stage(ctx, outputs: dict) -> dict:
+    s, sft = ctx.config.study, outputs["sft"]
+    runs = []
+    for label, step in resolve_starts(s.ppo_starts, sft):
+        for seed in range(s.ppo_seeds):
+            run_label = label if s.ppo_seeds == 1 else f"{label}_seed{seed}"
+            runs.append(_train_one(ctx, run_label, label, step, seed))
+    return {"runs": runs}
+
+
+def _environment(ctx, seed: int):
+    from rotax import sampling
+    from rotax.rollout import GeneralPointsEnvironment
+    from rotax.study_eval import study_hands
+    from rotax.tasks.points import Rule
+
+    p = ctx.config.ppo
+    ranks = ctx.ranks
+
+    class StudyEnvironment(GeneralPointsEnvironment):
+        def hands(self, update: int) -> list:  # the study's deck, fresh hands every update
+            return study_hands(Rule.ID, 20_000 + 1000 * seed + update, self.episodes, ranks)
+
+    options = sampling.SamplingOptions(temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
+                                       max_new_tokens=p.max_new_tokens)
+    return StudyEnvironment(ctx.tokenizer, ctx.renderer, Rule.ID, p.episodes_per_update, options,
+                            attempts=p.attempts, batch_size=p.rollout_batch_size, seed=seed, mesh=ctx.mesh)
+
+
+def _advantage_history(run_dir: Path) -> list[dict]:
+    rows = []
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if any(k.startswith("advantage") for k in row):
+                rows.append(row)
+    return rows
+
+
+def _train_one(ctx, run_label: str, start: str, step: int, seed: int) -> dict:
+    from rotax import ppo_loop
+    from rotax.models.hf import export_hf_checkpoint
+    from rotax.tokenizer import pad_id
+
+    config = copy.deepcopy(ctx.config)
+    config.seed = ctx.config.seed + 100 * seed
+    run_dir = ctx.run_dir / "ppo" / run_label
+    config.run_dir = str(run_dir)
+    s = ctx.config.study
+    curve_file = run_dir / "curve.jsonl"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    curve = [json.loads(x) for x in curve_file.read_text().splitlines()] if curve_file.is_file() else []
+
+    def hook(params, update):
+        acc = ctx.evaluate_id_ood(params, n=s.eval_hands, seeds=(0,))
+        curve[:] = [c for c in curve if c["step"] != update] + [{"step": update, **acc}]
+        with open(curve_file, "a") as f:
+            f.write(json.dumps({"step": update, **acc}) + "\n")
+        return {"id_accuracy": acc["id"]["mean"], "ood_accuracy": acc["ood"]["mean"]}
+
+    result = ppo_loop.train(config, ctx.model_cfg, lambda: ctx.sft_params(step), _environment(ctx, seed),
+                            mesh=ctx.mesh, resume=True, pad_id=pad_id(ctx.tokenizer),
+                            tokenizer=ctx.tokenizer, eval_hook=hook,
+                            run_metadata={"source": str(ctx.base_dir), "sft_step": step})
+    policy = result.state.params["policy"]
+    export_hf_checkpoint(ctx.model_cfg, jax.device_get(policy), run_dir / "final_hf", source=ctx.base_dir)
+    final = ctx.evaluate_id_ood(policy, n=s.reset_hands, seeds=s.eval_seeds)
+    return {"label": run_label, "start": start, "start_step": step, "seed": seed,
+            "curve": sorted(curve, key=lambda c: c["step"]), "final": final, "run_dir": str(run_dir),
+            "policy_dir": str(run_dir / "final_hf"), "updates": result.updates,
+            "advantages": _advantage_history(run_dir),
+            "detail": f"{result.updates} updates from SFT step {step}"}
