@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NUM_PROCESSES = 2
 LOCAL_DEVICES = 4
 MESH_SHAPE = (1, 4, 2)
+WORKER_TIMEOUT_S = 240  # ~16 s on an idle 2-core machine; generous for a loaded one
 
 
 # ---------------------------------------------------------------- environment detection (fast)
@@ -100,13 +101,15 @@ def test_two_processes_match_one_process(tmp_path):
             cwd=ROOT, env=dict(env, ROTAX_PROCESS_ID=str(i)),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
     logs = []
+    deadline = time.monotonic() + WORKER_TIMEOUT_S
     for _, proc in procs:
         try:
-            logs.append(proc.communicate(timeout=120)[0])
+            logs.append(proc.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
         except subprocess.TimeoutExpired:
             for _, p in procs:
                 p.kill()
-            raise
+            partial = [p.communicate()[0] for _, p in procs]
+            pytest.fail(f"workers did not finish in {WORKER_TIMEOUT_S}s; output:\n" + "\n---\n".join(partial))
     for (_, proc), log in zip(procs, logs):
         assert proc.returncode == 0, "\n".join(logs)
     elapsed = time.monotonic() - start
