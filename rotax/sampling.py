@@ -114,30 +114,85 @@ def row_keys(key: jax.Array, row_ids) -> jax.Array:
 # ---------------------------------------------------------------- one step's choice
 
 
+def categorical_by_inverse_cdf(keys, logits, block: int = 256):
+    """One draw per row from softmax(logits ``[B, V]``) (``-inf`` = excluded) by inverse CDF:
+    one uniform per row, a cumulative sum over blocks of ``block`` tokens, then within the
+    chosen block. Same distribution as ``jax.random.categorical`` but it draws B numbers, not
+    B×V Gumbels (which dominate a CPU decode step). Returns ``[B]`` int32."""
+    b, v = logits.shape
+    nb = -(-v // block)
+    weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    weights = jnp.pad(weights, ((0, 0), (0, nb * block - v))).reshape(b, nb, block)
+    sums = jnp.sum(weights, axis=-1)  # [B, nb]
+    cum = jnp.cumsum(sums, axis=-1)
+    target = jax.vmap(lambda k: jax.random.uniform(k, dtype=jnp.float32))(keys) * cum[:, -1]
+    last_block = nb - 1 - jnp.argmax((sums > 0)[:, ::-1], axis=-1)
+    j = jnp.minimum(jnp.sum(cum <= target[:, None], axis=-1), last_block)
+    before = jnp.take_along_axis(cum - sums, j[:, None], axis=-1)[:, 0]
+    rest = jnp.maximum(target - before, 0.0)
+    within = jnp.take_along_axis(weights, j[:, None, None], axis=1)[:, 0]  # [B, block]
+    last = block - 1 - jnp.argmax((within > 0)[:, ::-1], axis=-1)
+    i = jnp.minimum(jnp.sum(jnp.cumsum(within, axis=-1) <= rest[:, None], axis=-1), last)
+    return (j * block + i).astype(jnp.int32)
+
+
+def nucleus_threshold(scaled, top_p, candidates: int = 64):
+    """Per row the smallest logit kept by top-p: the largest ``t`` with
+    ``sum(p[scaled >= t]) >= top_p`` for p = softmax(scaled ``[B, V]``). Returns ``[B, 1]``.
+
+    Fast path: when the ``candidates`` largest logits already hold ``top_p`` of the mass in
+    every row (the usual case at rollout temperatures), the threshold is read off them.
+    Otherwise: bisection on the float32 bit patterns of the probabilities (exact; 31 passes
+    over V) — never a full-vocabulary sort, which is very slow on CPU."""
+    weights = jnp.exp(scaled - jnp.max(scaled, axis=-1, keepdims=True))  # max weight is 1.0
+    total = jnp.sum(weights, axis=-1, keepdims=True)
+    values = jax.lax.top_k(scaled, min(candidates, scaled.shape[-1]))[0]  # sorted descending
+    # (no slices of the top_k output: XLA:CPU then rewrites top_k as a full sort, ~100x slower)
+    probs = jnp.exp(values - jnp.max(scaled, axis=-1, keepdims=True)) / total
+    above = jnp.cumsum(probs, axis=-1) - probs
+    fast = jnp.take_along_axis(values, jnp.sum(above < top_p, axis=-1, keepdims=True) - 1, axis=-1)
+
+    def bisection():
+        bits = jax.lax.bitcast_convert_type(weights, jnp.int32)  # monotone for weights >= 0
+
+        def halve(_, bounds):
+            lo, hi = bounds
+            mid = lo + (hi - lo + 1) // 2
+            ok = jnp.sum(jnp.where(bits >= mid[:, None], weights, 0.0), axis=-1) >= top_p * total[:, 0]
+            return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
+
+        one = jax.lax.bitcast_convert_type(jnp.float32(1.0), jnp.int32)
+        lo = jnp.zeros(scaled.shape[:1], jnp.int32)
+        lo, _ = jax.lax.fori_loop(0, 31, halve, (lo, jnp.full_like(lo, one)))
+        return jnp.min(jnp.where(bits >= lo[:, None], scaled, jnp.inf), axis=-1, keepdims=True)
+
+    return jax.lax.cond(jnp.all(jnp.sum(probs, axis=-1) >= top_p), lambda: fast, bisection)
+
+
 def choose_tokens(logits, keys, temperature, top_p, *, greedy: bool, top_k: int, use_top_p: bool):
     """Next tokens ``[B]`` int32 and their log-probs ``[B]`` from logits ``[B, V]`` float32.
 
-    ``keys`` ``[B]`` (one per row). See the module docstring for which log-prob is returned."""
+    ``keys`` ``[B]`` (one per row). Top-k keeps the ``top_k`` largest logits (ties at the
+    boundary kept); top-p then keeps the smallest set of the most likely remaining tokens whose
+    (renormalized) probability reaches ``top_p``. See the module docstring for the log-prob."""
     if greedy:
         token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         logp = jax.nn.log_softmax(logits, axis=-1)
         return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
     scaled = logits / temperature
     logp = jax.nn.log_softmax(scaled, axis=-1)
-    if top_k or use_top_p:
-        if top_k:
-            values = jax.lax.top_k(scaled, min(top_k, scaled.shape[-1]))[0]  # sorted descending
-        else:
-            values = -jnp.sort(-scaled, axis=-1)  # full sort: only when top_p is on and top_k off
+    if top_k:
+        values = jax.lax.top_k(scaled, min(top_k, scaled.shape[-1]))[0]  # sorted descending
+        threshold = jnp.min(values, axis=-1, keepdims=True)  # not values[:, -1:] (see above)
         if use_top_p:
             probs = jax.nn.softmax(values, axis=-1)
-            before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each candidate
-            kept = jnp.sum(before < top_p, axis=-1, keepdims=True)  # >= 1
+            above = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each candidate
+            kept = jnp.sum(above < top_p, axis=-1, keepdims=True)  # >= 1
             threshold = jnp.take_along_axis(values, kept - 1, axis=-1)
-        else:
-            threshold = values[:, -1:]
         scaled = jnp.where(scaled < threshold, -jnp.inf, scaled)
-    token = jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
+    elif use_top_p:
+        scaled = jnp.where(scaled < nucleus_threshold(scaled, top_p), -jnp.inf, scaled)
+    token = categorical_by_inverse_cdf(keys, scaled)
     return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
 
 
