@@ -1,5 +1,5 @@
 """Run in a subprocess with 8 simulated CPU devices: two PPO updates (rollout + scoring +
-update) of the first-token task on a 1-device mesh and on 8-device meshes; prints one JSON
+update) of the first-token task on a 1-device mesh and on a 2x2x2 mesh of 8 devices; prints one JSON
 line with the largest differences.
 
 Usage: python -m tests.ppo_devices_check RUN_DIR
@@ -20,7 +20,7 @@ from rotax.models import decoder  # noqa: E402
 from rotax.sharding import make_mesh  # noqa: E402
 from tests import ppo_fixtures as fx  # noqa: E402
 
-MESHES = {"1x1x1": ((1, 1, 1), 1), "1x8x1": ((1, 8, 1), 8), "2x2x2": ((2, 2, 2), 8)}
+MESHES = {"1x1x1": ((1, 1, 1), 1), "2x2x2": ((2, 2, 2), 8)}  # 2x2x2: data, fsdp and tensor
 
 
 def run(run_dir, shape, devices):
@@ -43,7 +43,7 @@ def main(root):
     moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(reference["policy"]),
                                                              jax.tree.leaves(start["policy"])))
     out = {"moved": moved}
-    for name in ("1x8x1", "2x2x2"):
+    for name in ("2x2x2",):
         params, rows, shards = run(f"{root}/{name}", *MESHES[name])
         diff = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference)))
         metrics = {k: max(abs(r[k] - s[k]) for r, s in zip(rows, ref_rows))

@@ -64,22 +64,39 @@ def _train_rows(run_dir):
             for row in read_metrics(run_dir, "ppo")]
 
 
+def _sft_checkpoint(tmp_path, base) -> Path:
+    """An SFT-stage checkpoint (as ``rotax sft`` writes them) holding the base's weights."""
+    import optax
+
+    import rotax
+    from rotax.train_state import init_train_state
+
+    _, params = rotax.load_hf(base)
+    store = CheckpointStore(tmp_path / "sft_run", "sft", async_save=False)
+    store.save(7, init_train_state(params, optax.sgd(0.0), 0), {"model": {"source": str(base)}})
+    store.close()
+    return store.path(7)
+
+
 def test_sigkill_then_resume_is_bit_identical(tmp_path):
+    """The uninterrupted run starts from the HF directory, the killed one from an SFT
+    checkpoint of the same weights: equality also shows both --init paths load the same."""
     from rotax.tokenizer import build_toy_tokenizer
     from rotax.toy import write_toy_base
 
     base = write_toy_base(tmp_path / "base", build_toy_tokenizer(), jax.random.PRNGKey(0),
                           hidden=32, layers=2, heads=2, intermediate=64)
+    sft_checkpoint = _sft_checkpoint(tmp_path, base)
     config_file = tmp_path / "tiny_ppo.py"
     config_file.write_text(CONFIG)
     env = _env(tmp_path)
 
-    def args(run_dir, *extra):
-        return ["ppo", "--config", str(config_file), "--init", str(base),
+    def args(run_dir, *extra, init=sft_checkpoint):
+        return ["ppo", "--config", str(config_file), "--init", str(init),
                 f"--config.run_dir={run_dir}", *extra]
 
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run([sys.executable, "-m", "rotax.cli", *args(straight)], env=env, check=True,
+    subprocess.run([sys.executable, "-m", "rotax.cli", *args(straight, init=base)], env=env, check=True,
                    cwd=tmp_path, timeout=600)
     died = subprocess.run([sys.executable, str(ROOT / "tests" / "ppo_kill_run.py"), "2", "--",
                            *args(killed)], env=env, cwd=tmp_path, timeout=600)
