@@ -12,8 +12,8 @@ decoding the temperature is taken as 1 (the model's plain log-probs).
 **Randomness.** Row ``b`` draws with ``fold_in(fold_in(key, row_ids[b]), step)``, so a row's
 sample depends on its ``row_id``, its prompt and the key — not on the other rows of the batch.
 
-**Compiles.** One per (batch, prompt bucket, max_new_tokens, greedy, top_k, top-p on/off, EOS
-ids); temperature and top_p values are traced. :func:`left_pad` rounds prompt lengths up to a
+**Compiles.** One per (batch, prompt bucket, max_new_tokens, greedy, top_k, top-p on/off);
+temperature, top_p and the EOS ids are traced. :func:`left_pad` rounds prompt lengths up to a
 few bucket sizes (two per octave) and :func:`generate` pads the batch to a fixed size.
 """
 
@@ -204,71 +204,114 @@ def _lm_logits(cfg: ModelConfig, params, hidden):
     return nnx.merge(decoder.graphdef(cfg), params).logits(hidden)
 
 
-def decode_step(cfg: ModelConfig, params, token, position, valid, cache: decoder.KVCache, slot):
+class HeadMajorCache(NamedTuple):
+    """The sampler's KV cache, head-major: ``k``, ``v`` are ``[L, B, kv_heads, T, head_dim]``
+    arrays, or (with an unrolled layer loop) tuples of L ``[B, kv_heads, T, head_dim]`` arrays.
+
+    Head-major (unlike :class:`rotax.models.decoder.KVCache`'s ``[L, B, T, kv_heads,
+    head_dim]``) so one step's attention is a plain batched matmul over ``(B, kv_heads)``;
+    with slots in the middle XLA:CPU transposes the whole cache every step (~8x slower)."""
+
+    k: jax.Array | tuple
+    v: jax.Array | tuple
+
+    @classmethod
+    def from_prefill(cls, cache: decoder.KVCache, length: int, *, per_layer: bool,
+                     sharding=None) -> "HeadMajorCache":
+        """The decoder's prefill cache ``[L, B, P, kv, hd]`` copied into slots ``0..P-1`` of an
+        empty head-major cache of ``length`` slots (stacked, or one array per layer)."""
+        def convert(x):
+            x = x.transpose(0, 1, 3, 2, 4)  # [L, B, kv, P, hd]
+            shape = (*x.shape[:3], length, x.shape[4])
+            empty = jnp.zeros(shape[1:] if per_layer else shape, x.dtype)
+            if sharding is not None:
+                empty = jax.lax.with_sharding_constraint(empty, sharding)
+            if per_layer:
+                return tuple(jax.lax.dynamic_update_slice(empty, x[i], (0, 0, 0, 0)) for i in range(x.shape[0]))
+            return jax.lax.dynamic_update_slice(empty, x, (0, 0, 0, 0, 0))
+        return cls(convert(cache.k), convert(cache.v))
+
+
+def unroll_layers_by_default() -> bool:
+    """Whether :func:`decode_step` loops over layers in Python: on CPU, where XLA copies every
+    ``scan`` slice (each layer's weights and cache) per step; elsewhere ``lax.scan``."""
+    return jax.default_backend() == "cpu"
+
+
+def _layer_step(cfg: ModelConfig, layer, h, cos, sin, valid, k_old, v_old):
+    """One decoder layer for one new token: h ``[B, 1, H]``; cache slabs ``[B, kv, T, hd]``
+    (read only). Returns the new h and this token's key/value ``[B, kv, 1, hd]``."""
+    b = h.shape[0]
+    heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    scale = head_dim ** -0.5
+    attn = layer.self_attn
+    a = layer.input_layernorm(h)
+    q = apply_rope(attn.q_proj(a).reshape(b, 1, heads, head_dim), cos, sin)
+    k = apply_rope(attn.k_proj(a).reshape(b, 1, kv_heads, head_dim), cos, sin)
+    v = attn.v_proj(a).reshape(b, 1, kv_heads, head_dim)
+    k = k.reshape(b, kv_heads, 1, head_dim).astype(k_old.dtype)
+    v = v.reshape(b, kv_heads, 1, head_dim).astype(v_old.dtype)
+    q = q.reshape(b, kv_heads, heads // kv_heads, head_dim)
+    old = jnp.einsum("bkgd,bktd->bkgt", q, k_old.astype(q.dtype), preferred_element_type=jnp.float32)
+    old = jnp.where(valid[:, None, None, :], old * scale, _MASK_VALUE)
+    own = jnp.einsum("bkgd,bktd->bkgt", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(jnp.concatenate([old, own * scale], axis=-1), axis=-1).astype(h.dtype)
+    out = jnp.einsum("bkgt,bktd->bkgd", probs[..., :-1], v_old.astype(h.dtype))
+    out = out + probs[..., -1:] * v.astype(h.dtype)
+    h = h + attn.o_proj(out.reshape(b, 1, heads * head_dim))
+    h = h + layer.mlp(layer.post_attention_layernorm(h))
+    return h, k, v
+
+
+def decode_step(cfg: ModelConfig, params, token, position, valid, cache: HeadMajorCache, slot,
+                layers=None):
     """One decode step for one new token per row, cache-friendly.
 
     token ``[B]`` int32 at RoPE ``position`` ``[B]``, to be stored in cache slot ``slot``;
     valid ``[B, T]`` bool marks the cache slots this token may attend to besides itself
     (real prompt tokens and earlier generated slots, all ``< slot``). Same arithmetic as
-    :func:`rotax.models.decoder.apply` with a cache, but the layer scan only *reads* the cache
-    and attends to the new key/value separately; the new keys/values of all layers are written
-    with one in-place update afterwards, so a step never copies the cache.
+    :func:`rotax.models.decoder.apply` with a cache, but layers only *read* the cache and
+    attend to the new key/value separately; the new keys/values are then written in place, so
+    a step never copies the cache. ``layers``: per-layer parameter states (a list, with a
+    per-layer cache) for the unrolled loop, or None for a ``lax.scan`` over the stacked layers.
     Returns logits ``[B, V]`` float32 and the updated cache.
     """
     model = nnx.merge(decoder.graphdef(cfg), params)
-    dtype = jnp.dtype(cfg.dtype)
-    b = token.shape[0]
-    heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    groups = heads // kv_heads
-    x = model.model.embed_tokens(token[:, None], dtype)  # [B, 1, H]
+    h = model.model.embed_tokens(token[:, None], jnp.dtype(cfg.dtype))  # [B, 1, H]
     cos, sin = rope_cos_sin(cfg, position[:, None])
     layer_def, layer_state = nnx.split(model.model.layers)
+    if layers is None:
+        def body(h, xs):
+            state, k_old, v_old = xs
+            h, k, v = _layer_step(cfg, nnx.merge(layer_def, state), h, cos, sin, valid, k_old, v_old)
+            return h, (k, v)
 
-    def body(h, xs):
-        state, k_old, v_old = xs  # k_old/v_old: [B, T, kv, hd] (read only)
-        layer = nnx.merge(layer_def, state)
-        attn = layer.self_attn
-        a = layer.input_layernorm(h)
-        q = apply_rope(attn.q_proj(a).reshape(b, 1, heads, head_dim), cos, sin)
-        k = apply_rope(attn.k_proj(a).reshape(b, 1, kv_heads, head_dim), cos, sin)
-        v = attn.v_proj(a).reshape(b, 1, kv_heads, head_dim)
-        k, v = k.astype(k_old.dtype), v.astype(v_old.dtype)
-        q = q.reshape(b, kv_heads, groups, head_dim)
-        scale = head_dim ** -0.5
-        old = jnp.einsum("bkgd,btkd->bkgt", q, k_old.astype(q.dtype),
-                         preferred_element_type=jnp.float32) * scale
-        old = jnp.where(valid[:, None, None, :], old, _MASK_VALUE)
-        own = jnp.einsum("bkgd,bkd->bkg", q, k[:, 0].astype(q.dtype),
-                         preferred_element_type=jnp.float32)[..., None] * scale
-        probs = jax.nn.softmax(jnp.concatenate([old, own], axis=-1), axis=-1).astype(h.dtype)
-        out = jnp.einsum("bkgt,btkd->bkgd", probs[..., :-1], v_old.astype(h.dtype))
-        out = out + probs[..., -1:] * v[:, 0, :, None, :].astype(h.dtype)
-        h = h + attn.o_proj(out.reshape(b, 1, heads * head_dim))
-        h = h + layer.mlp(layer.post_attention_layernorm(h))
-        return h, (k, v)
-
-    h, (k_new, v_new) = jax.lax.scan(body, x, (layer_state, cache.k, cache.v))
-    # k_new: [L, B, 1, kv, hd] -> slot `slot` of every layer, in place
-    cache = decoder.KVCache(jax.lax.dynamic_update_slice(cache.k, k_new, (0, 0, slot, 0, 0)),
-                            jax.lax.dynamic_update_slice(cache.v, v_new, (0, 0, slot, 0, 0)))
+        h, (k_new, v_new) = jax.lax.scan(body, h, (layer_state, cache.k, cache.v))
+        # [L, B, kv, 1, hd] -> slot `slot` of every layer, in place
+        cache = HeadMajorCache(jax.lax.dynamic_update_slice(cache.k, k_new, (0, 0, 0, slot, 0)),
+                               jax.lax.dynamic_update_slice(cache.v, v_new, (0, 0, 0, slot, 0)))
+    else:
+        ks, vs = [], []
+        for state, k_old, v_old in zip(layers, cache.k, cache.v):
+            h, k, v = _layer_step(cfg, nnx.merge(layer_def, state), h, cos, sin, valid, k_old, v_old)
+            ks.append(jax.lax.dynamic_update_slice(k_old, k, (0, 0, slot, 0)))
+            vs.append(jax.lax.dynamic_update_slice(v_old, v, (0, 0, slot, 0)))
+        cache = HeadMajorCache(tuple(ks), tuple(vs))
     return model.logits(model.model.norm(h))[:, 0], cache
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "greedy", "top_k",
-                                             "use_top_p", "eos_ids", "pad_id", "mesh"))
-def _sample(params, tokens, mask, keys, temperature, top_p, *, cfg, max_new_tokens, greedy,
-            top_k, use_top_p, eos_ids, pad_id, mesh):
+                                             "use_top_p", "pad_id", "mesh", "unroll"))
+def _sample(params, tokens, mask, keys, temperature, top_p, eos, *, cfg, max_new_tokens, greedy,
+            top_k, use_top_p, pad_id, mesh, unroll):
     b, p = tokens.shape
     n = max_new_tokens
     mask = mask.astype(bool)
     prompt_lengths = jnp.sum(mask, axis=1, dtype=jnp.int32)
     positions = jnp.maximum(jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1, 0)
     kv_mask = jnp.concatenate([mask, jnp.ones((b, n), bool)], axis=1)
-    cache = decoder.init_cache(cfg, b, p + n)
-    if mesh is not None:
-        spec = NamedSharding(mesh, P(None, ("data", "fsdp")))
-        cache = jax.tree.map(lambda c: jax.lax.with_sharding_constraint(c, spec), cache)
-    eos = jnp.asarray(eos_ids, jnp.int32)
+    batch_spec = None if mesh is None else NamedSharding(mesh, P(None, ("data", "fsdp")))
+    layer_spec = None if mesh is None else NamedSharding(mesh, P(("data", "fsdp")))
     choose = functools.partial(choose_tokens, temperature=temperature, top_p=top_p, greedy=greedy,
                                top_k=top_k, use_top_p=use_top_p)
 
@@ -283,8 +326,18 @@ def _sample(params, tokens, mask, keys, temperature, top_p, *, cfg, max_new_toke
         done = done | (alive & jnp.isin(token, eos))
         return (out_tokens, out_logp, done, lengths + alive.astype(jnp.int32)), token
 
-    out = decoder.apply(cfg, params, tokens, positions=positions, kv_mask=kv_mask, cache=cache,
+    # prefill: the decoder over the prompt with a prompt-sized cache, then the sampler's cache
+    prefill_cache = decoder.init_cache(cfg, b, p)
+    if batch_spec is not None:
+        prefill_cache = jax.tree.map(lambda c: jax.lax.with_sharding_constraint(c, batch_spec), prefill_cache)
+    out = decoder.apply(cfg, params, tokens, positions=positions, kv_mask=mask, cache=prefill_cache,
                         cache_index=0, return_logits=False)
+    cache = HeadMajorCache.from_prefill(out.cache, p + n, per_layer=unroll,
+                                        sharding=layer_spec if unroll else batch_spec)
+    layers = None
+    if unroll:  # per-layer weights, sliced once per call (not once per step)
+        stacked = nnx.state(nnx.merge(decoder.graphdef(cfg), params).model.layers)
+        layers = [jax.tree.map(lambda w, i=i: w[i], stacked) for i in range(cfg.num_layers)]
     logits = _lm_logits(cfg, params, out.hidden[:, -1:])[:, 0]
     state = (jnp.full((b, n), pad_id, jnp.int32), jnp.zeros((b, n), jnp.float32),
              jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32))
@@ -298,25 +351,38 @@ def _sample(params, tokens, mask, keys, temperature, top_p, *, cfg, max_new_toke
         step, state, token, cache = carry
         slot = p + step - 1  # where `token` goes
         valid = kv_mask & (jnp.arange(p + n)[None, :] < slot)
-        logits, cache = decode_step(cfg, params, token, prompt_lengths + step - 1, valid, cache, slot)
+        logits, cache = decode_step(cfg, params, token, prompt_lengths + step - 1, valid, cache, slot,
+                                    layers)
         state, token = emit(state, logits, step)
         return step + 1, state, token, cache
 
-    _, state, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), state, token, out.cache))
+    _, state, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), state, token, cache))
     out_tokens, out_logp, _, lengths = state
     valid = jnp.arange(n)[None, :] < lengths[:, None]
     return SampleOutput(out_tokens, out_logp, valid, lengths)
 
 
+def _eos_array(eos_ids: Sequence[int]) -> jax.Array:
+    """EOS ids as a traced ``[8k]`` int32 array padded with -1 (no recompile per EOS set)."""
+    ids = sorted(int(i) for i in eos_ids)
+    if any(i < 0 for i in ids):
+        raise ValueError(f"EOS ids must be >= 0, got {ids}")
+    size = 8 * max(1, -(-len(ids) // 8))
+    return jnp.asarray(ids + [-1] * (size - len(ids)), jnp.int32)
+
+
 def sample(cfg: ModelConfig, params, tokens, mask, key, options: SamplingOptions, *,
-           eos_ids: Sequence[int], pad_id: int = 0, row_ids=None, mesh=None) -> SampleOutput:
+           eos_ids: Sequence[int], pad_id: int = 0, row_ids=None, mesh=None,
+           unroll: bool | None = None) -> SampleOutput:
     """Generates up to ``options.max_new_tokens`` tokens after each left-padded prompt.
 
     tokens ``[B, P]`` int32 and mask ``[B, P]`` bool (see :func:`left_pad`; every row needs
     at least one real token); ``key`` a PRNG key; ``row_ids`` ``[B]`` ints (default
     ``0..B-1``) seed each row's randomness. With ``mesh`` the batch is sharded over
     ``("data", "fsdp")`` (B must divide evenly) and ``params`` should already be placed with
-    :func:`rotax.sharding.param_shardings`. Returns a :class:`SampleOutput` of device arrays.
+    :func:`rotax.sharding.param_shardings`. ``unroll`` (default
+    :func:`unroll_layers_by_default`) picks the decode step's layer loop; with it, the call
+    holds a second copy of the layer weights. Returns a :class:`SampleOutput` of device arrays.
     """
     tokens = jnp.asarray(tokens, jnp.int32)
     mask = jnp.asarray(mask, bool)
@@ -327,9 +393,10 @@ def sample(cfg: ModelConfig, params, tokens, mask, key, options: SamplingOptions
         tokens, mask = jax.device_put((tokens, mask), batch_sharding(mesh))
         keys = jax.device_put(keys, batch_sharding(mesh, keys.ndim))
     return _sample(params, tokens, mask, keys, jnp.float32(options.temperature or 1.0),
-                   jnp.float32(options.top_p), cfg=cfg, max_new_tokens=options.max_new_tokens,
+                   jnp.float32(options.top_p), _eos_array(eos_ids), cfg=cfg, max_new_tokens=options.max_new_tokens,
                    greedy=options.greedy, top_k=options.top_k, use_top_p=options.top_p < 1.0,
-                   eos_ids=tuple(sorted(int(i) for i in eos_ids)), pad_id=int(pad_id), mesh=mesh)
+                   pad_id=int(pad_id), mesh=mesh,
+                   unroll=unroll_layers_by_default() if unroll is None else bool(unroll))
 
 
 def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], key,

@@ -211,6 +211,7 @@ def sharded_check(path):
     print("sharded sampling ok")
 
 
+@pytest.mark.slow
 def test_sharded_sampling_matches_single_device(tmp_path):
     path = hf_fixtures.llama(tmp_path / "llama", tied=False, layers=2)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
