@@ -177,6 +177,16 @@ def test_sample_output_masks_after_eos(llama):
     assert lengths[1] <= 4
 
 
+def test_scan_and_unrolled_layer_loops_agree(llama):
+    _, cfg, params = llama
+    tokens, mask = sampling.left_pad(_prompts(seed=6), pad_id=0)
+    options = SamplingOptions(0.9, max_new_tokens=NEW)
+    outs = [sampling.sample(cfg, params, tokens, mask, jax.random.key(4), options, eos_ids=NO_EOS,
+                            unroll=unroll) for unroll in (False, True)]
+    np.testing.assert_array_equal(outs[0].tokens, outs[1].tokens)
+    np.testing.assert_allclose(outs[0].logprobs, outs[1].logprobs, atol=1e-5)
+
+
 def test_left_pad_and_buckets():
     assert [sampling.bucket_length(n) for n in (1, 16, 17, 25, 33, 49, 65, 100, 200)] == \
         [16, 16, 24, 32, 48, 64, 96, 128, 256]
