@@ -47,21 +47,24 @@ def default_config() -> ml_collections.ConfigDict:
 
     Rollouts: num_updates; episodes_per_update (hands per rollout, each a revision episode of
     up to ``attempts`` turns); rule (``id``/``ood``/``J,Q,K`` of the training hands);
-    temperature, top_k, top_p, max_new_tokens (sampling); rollout_batch_size (rows per sampler
-    call). Returns: gamma, gae_lambda. Update: epochs; minibatch_size (time steps per optimizer
-    step; the valid steps are split evenly into ``ceil(steps / minibatch_size)`` minibatches);
-    microbatch_size (rows per forward/backward; divides minibatch_size); clip_epsilon;
-    value_clip_epsilon; value_coef; entropy_coef (bonus, default 0); kl_coef (per-token KL to
-    the frozen initial policy, default 0 = off, no reference copy kept) with kl_estimator
-    (``k1``/``k3``); pre_formula_weight (weight of response tokens before the formula key in the
-    action log-prob; the reference uses 0.5) and formula_marker (``""``: the renderer's —
+    temperature, top_k, top_p, max_new_tokens (sampling; 512 as in the reference's RL runs);
+    rollout_batch_size (rows per sampler call). Returns: gamma, gae_lambda.
+
+    Update: epochs; minibatch_size (time steps per optimizer step; the valid steps are split
+    evenly into ``ceil(steps / minibatch_size)`` minibatches); microbatch_size (rows per
+    forward/backward; divides minibatch_size); clip_epsilon; value_clip_epsilon; value_coef;
+    entropy_coef (bonus, default 0); kl_coef (per-token KL to the frozen initial policy,
+    default 0 = off, no reference copy kept) with kl_estimator (``k1``/``k3``);
+    pre_formula_weight (weight of response tokens before the formula key in the action
+    log-prob; the reference uses 0.5) and formula_marker (``""``: the renderer's —
     ``"formula"`` for JSON, ``:`` for the compact form). Optimizer keys of
     :func:`rotax.train_state.optimizer_config` with the reference's values (Adam lr 1e-6,
-    cosine to 1e-9 over num_updates, eps 1e-7, grad-norm clip 0.01). Loop: checkpoint_every
-    (updates; 0 = only the last), checkpoint_initial, keep_checkpoints (0 = all),
-    async_checkpointing, eval_every (updates; 0 = never), eval_hands, eval_seeds,
-    eval_batch_size, stage (checkpoint/metrics stage name), export_hf (write the final policy
-    as an HF directory, value head dropped), progress.
+    cosine to 1e-9 over num_updates, eps 1e-7, grad-norm clip 0.01).
+
+    Loop: checkpoint_every (updates; 0 = only the last), checkpoint_initial,
+    keep_checkpoints (0 = all), async_checkpointing, eval_every (updates; 0 = never),
+    eval_hands, eval_seeds, eval_batch_size, stage (checkpoint/metrics stage name), export_hf
+    (``rotax ppo`` writes the final policy as an HF directory, value head dropped), progress.
     """
     config = optimizer_config()
     config.update({
@@ -77,7 +80,7 @@ def default_config() -> ml_collections.ConfigDict:
         "temperature": 0.2,
         "top_k": 0,
         "top_p": 1.0,
-        "max_new_tokens": 256,
+        "max_new_tokens": 512,
         "rollout_batch_size": 64,
         "gamma": 0.9,
         "gae_lambda": 0.95,
