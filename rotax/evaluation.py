@@ -180,4 +180,5 @@ def format_table(report: dict) -> str:
         rows.append((f"kind:{kind}", *[_cell(report["per_seed"][s]["kinds"][kind]) for s in seeds],
                      "", _cell(pooled["kinds"][kind])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    note = "(proportions in %, 95% Wilson intervals; mean_reward with a normal 95% interval)"
+    return note + "\n" + "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

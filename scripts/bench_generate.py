@@ -75,41 +75,58 @@ def main():
     t_mask = torch.ones_like(t_prompts)
     seed = iter(range(10_000))
 
+    cpu_times = {"rotax": [], "baseline": []}
+
+    def timed(name):
+        def wrap(fn):
+            def run():
+                wall, cpu = time.perf_counter(), time.process_time()
+                fn()
+                cpu_times[name].append(time.process_time() - cpu)
+                return time.perf_counter() - wall
+            return run
+        return wrap
+
+    @timed("rotax")
     def run_rotax():
-        t = time.perf_counter()
         out = sample(cfg, params, prompts, mask, jax.random.key(next(seed)), options, eos_ids=())
         jax.block_until_ready(out)
         assert int(out.lengths.min()) == new
-        return time.perf_counter() - t
 
+    @timed("baseline")
     def run_torch():
-        t = time.perf_counter()
         with torch.no_grad():
             out = model.generate(t_prompts, attention_mask=t_mask, do_sample=args.temperature > 0,
                                  temperature=args.temperature or None, top_p=args.top_p,
                                  top_k=args.top_k or None, max_new_tokens=new, min_new_tokens=new,
                                  pad_token_id=0, eos_token_id=None)
         assert out.shape[1] == prompt_len + new
-        return time.perf_counter() - t
 
     compile_s = run_rotax()  # first call: trace + compile + run
     warmup_s = run_torch()
+    for runs in cpu_times.values():
+        runs.clear()  # keep steady-state runs only
     times = {"rotax": [], "baseline": []}
     for _ in range(repeats):
         times["rotax"].append(run_rotax())
         times["baseline"].append(run_torch())
     n = batch * new
     rate = {k: n / statistics.median(v) for k, v in times.items()}
+    cpu_rate = {k: n / statistics.median(v) for k, v in cpu_times.items()}
     print(f"{n_params / 1e6:.1f}M params, batch {batch}, prompt {prompt_len}, {new} new tokens, "
           f"{THREADS} thread(s), temperature {args.temperature}, top_p {args.top_p}, top_k {args.top_k}")
     print(f"rotax {rate['rotax']:.0f} tok/s (first call incl. compile {compile_s:.1f}s; runs "
           f"{', '.join(f'{t:.2f}' for t in times['rotax'])}s)")
     print(f"transformers {rate['baseline']:.0f} tok/s (warm-up {warmup_s:.1f}s; runs "
           f"{', '.join(f'{t:.2f}' for t in times['baseline'])}s)")
+    print(f"per CPU second (robust to other load): rotax {cpu_rate['rotax']:.0f}, transformers "
+          f"{cpu_rate['baseline']:.0f} tok/s, ratio {cpu_rate['rotax'] / cpu_rate['baseline']:.2f}")
     print(json.dumps({"bench": "generate", "ratio": rate["rotax"] / rate["baseline"], "better": "higher",
                       "rotax": rate["rotax"], "baseline": rate["baseline"], "unit": "tokens/s",
                       "config": {"params": n_params, "batch": batch, "prompt": prompt_len, "new_tokens": new,
                                  "threads": THREADS, "repeats": repeats, "compile_s": compile_s,
+                                 "cpu_time_ratio": cpu_rate["rotax"] / cpu_rate["baseline"],
+                                 "rotax_runs_s": times["rotax"], "baseline_runs_s": times["baseline"],
                                  "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
                                  "model": config}}))
 
