@@ -58,29 +58,46 @@ def unroll_layers_by_default() -> bool:
     return jax.default_backend() == "cpu"
 
 
-def _layer_step(cfg: ModelConfig, layer, h, cos, sin, valid, k_old, v_old):
-    """One decoder layer for one new token: h ``[B, 1, H]``; cache slabs ``[B, kv, T, hd]``
-    (read only). Returns the new h and this token's key/value ``[B, kv, 1, hd]``."""
+def _layer_step(cfg: ModelConfig, layer, h, cos, sin, valid, k_cache, v_cache, slot=None):
+    """One decoder layer for one new token: h ``[B, 1, H]``; cache slabs ``[B, kv, T, hd]``.
+
+    ``slot=None``: the slabs are only read and the token attends to its own key/value
+    separately; returns ``(h, k, v)`` with this token's key/value ``[B, kv, 1, hd]``.
+    Otherwise the key/value are first written to ``slot`` and attention reads the updated
+    slabs (their only reader, so XLA updates them in place); returns ``(h, k_cache, v_cache)``.
+    """
     b = h.shape[0]
     heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    scale = head_dim ** -0.5
     attn = layer.self_attn
     a = layer.input_layernorm(h)
     q = apply_rope(attn.q_proj(a).reshape(b, 1, heads, head_dim), cos, sin)
     k = apply_rope(attn.k_proj(a).reshape(b, 1, kv_heads, head_dim), cos, sin)
     v = attn.v_proj(a).reshape(b, 1, kv_heads, head_dim)
-    k = k.reshape(b, kv_heads, 1, head_dim).astype(k_old.dtype)
-    v = v.reshape(b, kv_heads, 1, head_dim).astype(v_old.dtype)
+    k = k.reshape(b, kv_heads, 1, head_dim).astype(k_cache.dtype)
+    v = v.reshape(b, kv_heads, 1, head_dim).astype(v_cache.dtype)
     q = q.reshape(b, kv_heads, heads // kv_heads, head_dim)
-    old = jnp.einsum("bkgd,bktd->bkgt", q, k_old.astype(q.dtype), preferred_element_type=jnp.float32)
-    old = jnp.where(valid[:, None, None, :], old * scale, _MASK_VALUE)
-    own = jnp.einsum("bkgd,bktd->bkgt", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
-    probs = jax.nn.softmax(jnp.concatenate([old, own * scale], axis=-1), axis=-1).astype(h.dtype)
-    out = jnp.einsum("bkgt,bktd->bkgd", probs[..., :-1], v_old.astype(h.dtype))
-    out = out + probs[..., -1:] * v.astype(h.dtype)
+
+    def scores(keys):  # [B, kv, g, T'] float32
+        return jnp.einsum("bkgd,bktd->bkgt", q, keys.astype(q.dtype),
+                          preferred_element_type=jnp.float32) * head_dim ** -0.5
+
+    if slot is None:
+        old = jnp.where(valid[:, None, None, :], scores(k_cache), _MASK_VALUE)
+        probs = jax.nn.softmax(jnp.concatenate([old, scores(k)], axis=-1), axis=-1).astype(h.dtype)
+        out = jnp.einsum("bkgt,bktd->bkgd", probs[..., :-1], v_cache.astype(h.dtype))
+        out = out + probs[..., -1:] * v.astype(h.dtype)
+        new = (k, v)
+    else:
+        k_cache = jax.lax.dynamic_update_slice(k_cache, k, (0, 0, slot, 0))
+        v_cache = jax.lax.dynamic_update_slice(v_cache, v, (0, 0, slot, 0))
+        valid = valid | (jnp.arange(k_cache.shape[2]) == slot)[None, :]
+        probs = jax.nn.softmax(jnp.where(valid[:, None, None, :], scores(k_cache), _MASK_VALUE),
+                               axis=-1).astype(h.dtype)
+        out = jnp.einsum("bkgt,bktd->bkgd", probs, v_cache.astype(h.dtype))
+        new = (k_cache, v_cache)
     h = h + attn.o_proj(out.reshape(b, 1, heads * head_dim))
     h = h + layer.mlp(layer.post_attention_layernorm(h))
-    return h, k, v
+    return (h, *new)
 
 
 def decode_step(cfg: ModelConfig, params, token, position, valid, cache: HeadMajorCache, slot,
@@ -90,10 +107,11 @@ def decode_step(cfg: ModelConfig, params, token, position, valid, cache: HeadMaj
     token ``[B]`` int32 at RoPE ``position`` ``[B]``, to be stored in cache slot ``slot``;
     valid ``[B, T]`` bool marks the cache slots this token may attend to besides itself
     (real prompt tokens and earlier generated slots, all ``< slot``). Same arithmetic as
-    :func:`rotax.models.decoder.apply` with a cache, but layers only *read* the cache and
-    attend to the new key/value separately; the new keys/values are then written in place, so
-    a step never copies the cache. ``layers``: per-layer parameter states (a list, with a
-    per-layer cache) for the unrolled loop, or None for a ``lax.scan`` over the stacked layers.
+    :func:`rotax.models.decoder.apply` with a cache, arranged so that a step never copies the
+    cache. ``layers``: per-layer parameter states (a list, with a per-layer cache) for the
+    unrolled loop — each layer writes its slab in place, then attends; or None for a
+    ``lax.scan`` over the stacked layers that only reads the cache (attending to the new
+    key/value separately) followed by one in-place write of all layers' new keys/values.
     Returns logits ``[B, V]`` float32 and the updated cache.
     """
     model = nnx.merge(decoder.graphdef(cfg), params)
@@ -112,9 +130,10 @@ def decode_step(cfg: ModelConfig, params, token, position, valid, cache: HeadMaj
                                jax.lax.dynamic_update_slice(cache.v, v_new, (0, 0, 0, slot, 0)))
     else:
         ks, vs = [], []
-        for state, k_old, v_old in zip(layers, cache.k, cache.v):
-            h, k, v = _layer_step(cfg, nnx.merge(layer_def, state), h, cos, sin, valid, k_old, v_old)
-            ks.append(jax.lax.dynamic_update_slice(k_old, k, (0, 0, slot, 0)))
-            vs.append(jax.lax.dynamic_update_slice(v_old, v, (0, 0, slot, 0)))
+        for state, k_cache, v_cache in zip(layers, cache.k, cache.v):
+            h, k_cache, v_cache = _layer_step(cfg, nnx.merge(layer_def, state), h, cos, sin, valid,
+                                              k_cache, v_cache, slot)
+            ks.append(k_cache)
+            vs.append(v_cache)
         cache = HeadMajorCache(tuple(ks), tuple(vs))
     return model.logits(model.model.norm(h))[:, 0], cache

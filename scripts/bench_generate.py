@@ -1,7 +1,9 @@
 """Benchmark: sampled generation with a KV cache, rotax (one jitted prefill + while_loop decode)
 vs transformers ``generate`` (torch CPU), same weights, batch, prompts and thread count;
 interleaved repeats, medians; compile / warm-up time reported separately. Last line: one JSON
-object. ``BENCH_THREADS`` (default 1) sets torch's and XLA's intra-op threads."""
+object. ``BENCH_THREADS`` (default 1) is the number of cores: the whole process (torch and
+XLA, whose CPU client keeps its own thread pool whatever the flags say) is pinned to that many
+cores with ``sched_setaffinity``, and torch uses that many threads."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import time
 from pathlib import Path
 
 THREADS = int(os.environ.get("BENCH_THREADS", "1"))
+if hasattr(os, "sched_setaffinity"):  # before any thread pool exists; threads inherit it
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:THREADS])
 os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen={'true' if THREADS > 1 else 'false'} "
                       f"intra_op_parallelism_threads={THREADS}")
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
