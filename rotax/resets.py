@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rotax.selectors import Selector, is_stacked, layer_numbering, stacked_indices
-from rotax.subspace import HIGHEST, resolve_rank
+from rotax.subspace import HIGHEST, map_layers, resolve_rank
 
 Path = tuple[str, ...]
 
@@ -167,9 +167,12 @@ def _leaf_program(mode: str, k_top: int, k_tail: int, indices: tuple[int, ...] |
         else:
             compute = jnp.float64 if t.dtype == jnp.float64 else jnp.float32
             merge = functools.partial(merge_matrix, k_top=k_top, k_tail=k_tail, mode=mode)
+            pair = (sel_t.astype(compute), sel_r.astype(compute))
             if sel_t.ndim == 3:
-                merge = jax.vmap(merge)
-            new = merge(sel_t.astype(compute), sel_r.astype(compute)).astype(t.dtype)
+                new = map_layers(merge, *pair)
+            else:
+                new = merge(*pair)
+            new = new.astype(t.dtype)
         return new if indices is None else _put(t, indices, new)
 
     return jax.jit(program, out_shardings=sharding)

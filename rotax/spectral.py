@@ -1,7 +1,7 @@
 """Spectral analysis of target checkpoint(s) against a reference, one module stack at a time.
 
 ``analyze(reference, target)`` walks every weight matrix of the canonical tree (stacked
-``[L, out, in]`` per-layer matrices are vmapped over axis 0; ``embed_tokens`` / ``lm_head`` are
+``[L, out, in]`` per-layer matrices are mapped over axis 0 inside one jit; ``embed_tokens`` / ``lm_head`` are
 ``[V, H]``; 1-D tensors and stacked norms ``[L, H]`` are skipped), factorizes each matrix once
 (thin SVD; the reference factors are shared by all targets and by the null control) and returns
 a tidy table — one row per (target, tensor, HF layer) — plus per-index arrays for plots.
@@ -18,6 +18,7 @@ appear as ``null_<metric>`` (mean over seeds) beside each metric.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -29,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rotax.selectors import is_matrix, is_stacked, module_type
-from rotax.subspace import (band_edges, compare, factorize, matched_norm_perturbation,
-                            resolve_rank)
+from rotax.subspace import (band_edges, compare, factorize, map_layers,
+                            matched_norm_perturbation, resolve_rank)
 
 ID_COLUMNS = ("target", "tensor", "layer", "module", "rows", "cols", "k", "forced_zero_u",
               "forced_zero_v")
@@ -125,7 +126,10 @@ def analyze(reference, targets=None, *, k: int | float = 0.2,
         from tqdm import tqdm
 
         stream = tqdm(stream, desc="spectral", unit="module")
-    with jax.enable_x64(dtype == "float64"), jax.default_matmul_precision("highest"):
+    if bands[0] + bands[1] > 1:
+        raise ValueError(f"bands {bands}: head + tail fractions exceed 1")
+    x64 = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+    with x64, jax.default_matmul_precision("highest"):
         for name, ref_stack, tgt in stream:
             tgt = tgt if isinstance(tgt, Mapping) else {"target": tgt}
             result.extend(analyze_module(name, ref_stack, tgt, k=k, bands=bands,
@@ -206,29 +210,29 @@ def _null_keys(key, name: str, layers: list, seeds: int) -> jax.Array:
 
 @jax.jit
 def _factorize_stack(stack: jax.Array):
-    return jax.vmap(factorize)(stack)
+    return map_layers(factorize, stack)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "bands"))
 def _compare_stack(ref, ref_factors, tgt, keys, *, k: int, bands: tuple[int, int]):
-    """vmap over layers of: factorize target, compare, and the same for each null draw."""
+    """Over layers (``map_layers``): factorize target, compare, and the same per null draw."""
 
     def one(w_ref, factors, w_tgt, layer_keys):
         if layer_keys.shape[0] == 0:
             scalars, arrays = compare(w_ref, factors, w_tgt, factorize(w_tgt), k=k, bands=bands)
             return scalars, arrays, {}, {}
-        # Target and null draws go through one vmapped `compare` (one copy in the program).
+        # Target and null draws go through one looped `compare` (one copy in the program).
         norm = jnp.sqrt(jnp.sum((w_tgt - w_ref) ** 2))
         draws = jax.vmap(lambda raw: matched_norm_perturbation(
             jax.random.wrap_key_data(raw), w_ref, norm))(layer_keys)
         candidates = jnp.concatenate([w_tgt[None], draws.astype(w_tgt.dtype)])
-        scalars, arrays = jax.vmap(
-            lambda w: compare(w_ref, factors, w, factorize(w), k=k, bands=bands))(candidates)
+        scalars, arrays = map_layers(
+            lambda w: compare(w_ref, factors, w, factorize(w), k=k, bands=bands), candidates)
         first = lambda tree: jax.tree.map(lambda x: x[0], tree)
         rest = lambda tree: jax.tree.map(lambda x: x[1:], tree)
         return first(scalars), first(arrays), rest(scalars), rest(arrays)
 
-    return jax.vmap(one)(ref, ref_factors, tgt, keys)
+    return map_layers(one, ref, ref_factors, tgt, keys)
 
 
 def summarize(rows: Iterable[Mapping[str, Any]], metrics: Sequence[str] = (

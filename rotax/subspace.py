@@ -1,7 +1,7 @@
 """Spectral comparison of one matrix pair: singular values, principal angles, energy split.
 
-Everything here works on a single ``[m, n]`` pair and is written to be ``jax.vmap``-ed over the
-stacked layer axis and ``jax.jit``-ed per shape (see ``rotax.spectral`` for the tree driver).
+Everything here works on a single ``[m, n]`` pair and is mapped over the stacked layer axis with
+:func:`map_layers` and ``jax.jit``-ed per shape (see ``rotax.spectral`` for the tree driver).
 Each matrix is factorized once (thin SVD, ``W = U diag(s) Vh``, ``U [m, r]``, ``s [r]``,
 ``Vh [r, n]``, ``r = min(m, n)``) and every metric is derived from those factors.
 
@@ -21,6 +21,17 @@ import jax
 import jax.numpy as jnp
 
 HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def map_layers(fn, *stacks):
+    """``fn`` over axis 0 of ``stacks``: ``jax.vmap`` on accelerators (batched SVD kernels),
+    ``lax.map`` on CPU. On CPU, jaxlib 0.10's batched LAPACK SVD splits its batch over the
+    intra-op thread pool and blocks on it; two batched SVDs that XLA runs concurrently then
+    deadlock (reproduced with two [2, 512, 384] SVDs in one program). LAPACK loops over the batch
+    anyway, so the sequential map costs nothing measurable there."""
+    if jax.default_backend() == "cpu":
+        return jax.lax.map(lambda args: fn(*args), stacks)
+    return jax.vmap(fn)(*stacks)
 
 
 def resolve_rank(k: int | float, n: int) -> int:

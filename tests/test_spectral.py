@@ -235,3 +235,19 @@ def test_cli_analyze_streams_checkpoints(tmp_path, capsys):
                                                    "drift_vs_rotation.png"}
     printed = capsys.readouterr().out
     assert "chordal U" in printed and "tgt" in printed
+
+
+def test_stacked_svds_do_not_deadlock_on_cpu():
+    # Regression: vmapped (batched) SVDs of a [2, 512, 384] stack deadlocked jaxlib 0.10's CPU
+    # LAPACK thread pool; rotax maps layers with lax.map on CPU. Subprocess: a hang must fail.
+    import subprocess
+    import sys
+
+    code = ("import numpy as np; from rotax import spectral\n"
+            "rng = np.random.default_rng(0)\n"
+            "w = rng.standard_normal((2, 512, 384)).astype(np.float32)\n"
+            "tree = lambda x: {'model': {'layers': {'mlp': {'up_proj': {'weight': x}}}}}\n"
+            "rows = spectral.analyze(tree(w), tree(w + np.float32(0.01)), null_seeds=0).rows\n"
+            "print(len(rows))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr[-2000:]
