@@ -22,7 +22,7 @@ from rotax.checkpoint import CheckpointStore, update_run_metadata
 from rotax.metrics import RunLogger, tokens_per_second
 from rotax.models.decoder import param_shapes
 from rotax.run_config import config_to_dict, mesh_shape, write_resolved_config
-from rotax.sft import make_eval_loss, make_train_step, micro_batch_sharding, split_micro_batches
+from rotax.sft import make_eval_loss, make_train_step, prepare_batch, train_batch_shardings
 from rotax.sft_data import Batch
 from rotax.train_state import abstract_train_state, init_train_state, make_optimizer
 
@@ -113,7 +113,9 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
                               compiler_options=compiler_options)
     eval_loss = make_eval_loss(model_cfg, mesh, shardings.params, compiler_options) \
         if probe_sets else None
-    micro = micro_batch_sharding(mesh)
+    batch_shardings = train_batch_shardings(mesh)
+    probe_sets = {name: [jax.device_put(prepare_batch(b), batch_shardings) for b in batches]
+                  for name, batches in (probe_sets or {}).items()}
     logger = RunLogger(config.run_dir, STAGE, start_step=start, total_steps=sft.num_steps,
                        progress=sft.progress)
 
@@ -151,8 +153,8 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
                 save(0, observed)
         for index in range(start, sft.num_steps):
             began = time.perf_counter()
-            batch = split_micro_batches(source(config.seed, index), sft.grad_accum_steps)
-            batch = jax.device_put(batch, Batch(micro, micro, micro))
+            batch = prepare_batch(source(config.seed, index), sft.grad_accum_steps)
+            batch = jax.device_put(batch, batch_shardings)
             state, device_metrics = step_fn(state, batch)
             metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
             step = index + 1

@@ -66,7 +66,8 @@ def _rel(a, b):
 def test_loss_and_gradients_match_torch(llama_dir):
     batch = _batch()
     cfg, params = rotax.load_hf(llama_dir)
-    one = Batch(*(x[None] for x in batch))
+    one = sft.prepare_batch(batch, 1)
+    assert one.positions.shape[-1] < batch.tokens.shape[1] - 1  # logits only where needed
     loss_and_grads = jax.jit(lambda p, b: sft.loss_and_grads(cfg, p, b), compiler_options=FAST_COMPILE)
     loss, grads, count = loss_and_grads(params, one)
     model = hf_fixtures.load_torch(llama_dir)
@@ -78,7 +79,7 @@ def test_loss_and_gradients_match_torch(llama_dir):
     errors = jax.tree.map(_rel, grads, ref_grads)
     assert max(jax.tree.leaves(errors)) <= 1e-5, errors
     # Two micro-batches of 2 rows, layers rematerialized: the same mean loss and gradients.
-    two = sft.split_micro_batches(batch, 2)
+    two = sft.prepare_batch(batch, 2)
     remat = cfg.replace(remat=True)
     loss2, grads2, _ = jax.jit(lambda p, b: sft.loss_and_grads(remat, p, b),
                                compiler_options=FAST_COMPILE)(params, two)
@@ -105,7 +106,7 @@ def test_train_steps_match_torch_adamw(llama_dir):
     lrs = []
     for i in range(3):
         batch = _batch(seed=i)
-        state, metrics = step(state, sft.split_micro_batches(batch, 1))
+        state, metrics = step(state, sft.prepare_batch(batch))
         lrs.append(float(metrics["learning_rate"]))
         for group in torch_opt.param_groups:
             group["lr"] = float(schedule(i))
@@ -126,6 +127,13 @@ def test_train_steps_match_torch_adamw(llama_dir):
 
 
 # ---------------------------------------------------------------- data
+
+
+def test_target_positions_list_the_answer_tokens_bucketed():
+    mask = np.array([[0, 0, 1, 1, 0], [0, 1, 1, 1, 1]], np.float32)
+    positions, weights = sft.target_positions(mask, bucket=2)
+    np.testing.assert_array_equal(positions, [[1, 2, 0, 0], [0, 1, 2, 3]])
+    np.testing.assert_array_equal(weights, [[1, 1, 0, 0], [1, 1, 1, 1]])
 
 
 def test_pack_examples_right_pads_to_a_bucket_and_masks_answers():

@@ -1,0 +1,169 @@
+"""Benchmark: one SFT train step (forward, masked CE, backward, clip, AdamW) in tokens/s.
+
+rotax's jitted step vs transformers' LlamaForCausalLM + torch.optim.AdamW on the same weights
+and the same batch, in the same process, with the same thread count (CPU affinity + XLA's and
+torch's thread settings), interleaved repeats, medians. Also reports model FLOPs utilization
+(MFU) against a matmul peak measured in the same run (a jitted fp32 matmul in jax).
+
+    python scripts/bench_sft.py [--quick] [--threads N] [--repeats R]
+
+The last line is one JSON object: {"bench": "sft", "ratio": rotax/baseline, "better": "higher",
+"rotax": tok/s, "baseline": tok/s, "unit": "tokens/s", "config": {...}, "mfu": {...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+FULL = dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=6,
+            num_attention_heads=8, num_key_value_heads=8, batch=8, seq=256)
+QUICK = dict(vocab_size=8000, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+             num_attention_heads=4, num_key_value_heads=4, batch=4, seq=128)
+HYPER = dict(lr=1e-6, betas=(0.9, 0.98), eps=1e-7, weight_decay=0.0, max_grad_norm=1.0)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small model, finishes in well under a minute")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for both (default 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per contender")
+    return parser.parse_args()
+
+
+def pin_threads(threads: int) -> None:
+    """Restricts this process to ``threads`` CPUs before jax/torch start their pools."""
+    cpus = sorted(os.sched_getaffinity(0))[:threads]
+    os.sched_setaffinity(0, cpus)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if threads == 1 and "multi_thread_eigen" not in flags:
+        os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+def model_flops_per_token(c: dict) -> float:
+    """Training FLOPs per token: 6 × matmul params (incl. LM head) + 12 × layers × hidden × seq
+    (attention scores and values, forward + backward), as in the PaLM MFU definition."""
+    h, i, layers, v = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+    kv = h * c["num_key_value_heads"] // c["num_attention_heads"]
+    per_layer = h * h * 2 + h * kv * 2 + 3 * h * i
+    return 6 * (layers * per_layer + h * v) + 12 * layers * h * c["seq"]
+
+
+def matmul_peak(jax, jnp, n: int = 1024, repeats: int = 5) -> float:
+    """Median GFLOP/s of a jitted fp32 ``n × n`` matmul on this thread budget."""
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def main() -> None:
+    args = parse_args()
+    c = QUICK if args.quick else FULL
+    repeats = args.repeats or (3 if args.quick else 5)
+    pin_threads(args.threads)
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import rotax
+    from rotax import sft
+    from rotax.sft_data import Batch
+    from rotax.train_state import abstract_train_state, init_train_state, make_optimizer, optimizer_config
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    hf_cfg = LlamaConfig(**{k: v for k, v in c.items() if k not in ("batch", "seq")},
+                         max_position_embeddings=c["seq"], tie_word_embeddings=False,
+                         bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(hf_cfg).float().train()
+    params_count = sum(p.numel() for p in model.parameters())
+
+    # The same batch for both: prompt tokens then answer tokens (loss on the last quarter).
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, c["vocab_size"], (c["batch"], c["seq"]), dtype=np.int32)
+    mask = np.zeros_like(tokens, np.float32)
+    mask[:, -c["seq"] // 4:] = 1.0
+    attention = np.ones_like(tokens, bool)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        cfg, params = rotax.load_hf(tmp)
+    section = optimizer_config()
+    section.update(learning_rate=HYPER["lr"], warmup_steps=0, max_grad_norm=HYPER["max_grad_norm"])
+    optimizer, schedule = make_optimizer(section, 1000)
+    mesh = rotax.make_mesh((1, 1, 1))
+    abstract = abstract_train_state(params, optimizer, mesh)
+    shardings = jax.tree.map(lambda a: a.sharding, abstract)
+    state = init_train_state(params, optimizer, 0, shardings)
+    del params
+    step = sft.make_train_step(cfg, optimizer, schedule, mesh, shardings)
+    batch = jax.device_put(sft.prepare_batch(Batch(tokens, mask, attention)))
+
+    torch_opt = torch.optim.AdamW(model.parameters(), lr=HYPER["lr"], betas=HYPER["betas"],
+                                  eps=HYPER["eps"], weight_decay=HYPER["weight_decay"])
+    input_ids = torch.as_tensor(tokens, dtype=torch.long)
+    labels = torch.where(torch.as_tensor(mask) > 0, input_ids, torch.full_like(input_ids, -100))
+    attention_t = torch.as_tensor(attention.astype(np.int64))
+
+    def rotax_step():
+        nonlocal state
+        state, metrics = step(state, batch)
+        return float(metrics["loss"])
+
+    def torch_step():
+        torch_opt.zero_grad(set_to_none=True)
+        loss = model(input_ids=input_ids, attention_mask=attention_t, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), HYPER["max_grad_norm"])
+        torch_opt.step()
+        return loss.item()
+
+    t = time.perf_counter()
+    first_losses = (rotax_step(), torch_step())
+    warmup_seconds = time.perf_counter() - t
+    times = {"rotax": [], "baseline": []}
+    for _ in range(repeats):
+        for name, fn in (("rotax", rotax_step), ("baseline", torch_step)):
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    peak = matmul_peak(jax, jnp)
+    tokens_per_step = c["batch"] * c["seq"]
+    rates = {k: tokens_per_step / statistics.median(v) for k, v in times.items()}
+    flops = model_flops_per_token(c)
+    mfu = {k: rates[k] * flops / (peak * 1e9) for k in rates}
+    print(f"params {params_count / 1e6:.1f}M, batch {c['batch']}x{c['seq']}, threads {args.threads}, "
+          f"first-step losses rotax {first_losses[0]:.4f} / torch {first_losses[1]:.4f} "
+          f"(compile+warm-up {warmup_seconds:.1f} s)", file=sys.stderr)
+    for k, v in times.items():
+        print(f"{k}: step seconds {[round(x, 3) for x in v]}", file=sys.stderr)
+    print(f"matmul peak {peak:.1f} GFLOP/s; model {flops * tokens_per_step / 1e9:.1f} GFLOP/step",
+          file=sys.stderr)
+    print(json.dumps({
+        "bench": "sft", "ratio": round(rates["rotax"] / rates["baseline"], 3), "better": "higher",
+        "rotax": round(rates["rotax"], 1), "baseline": round(rates["baseline"], 1), "unit": "tokens/s",
+        "config": {**c, "params_m": round(params_count / 1e6, 1), "threads": args.threads,
+                   "repeats": repeats, "dtype": "float32", "answer_fraction": 0.25,
+                   "quick": args.quick},
+        "mfu": {"rotax": round(mfu["rotax"], 3), "baseline": round(mfu["baseline"], 3),
+                "matmul_peak_gflops": round(peak, 1)},
+    }))
+
+
+if __name__ == "__main__":
+    main()
