@@ -102,11 +102,11 @@ def plot_band_rotation(rows: Iterable[Mapping[str, Any]], path, side: str = "u",
         column = f"band_sin2_{side}_{band}"
         values = [np.mean([r[column] for r in rows if r["module"] == m]) for m in modules]
         x = np.arange(len(modules)) + (b - 1) * width
-        bars = ax.bar(x, values, width * 0.9, label=band)
+        ax.bar(x, values, width * 0.9, color=f"C{b}", label=band)
         nulls = [[r.get(f"null_{column}") for r in rows if r["module"] == m] for m in modules]
         if all(v is not None for group in nulls for v in group) and rows:
             ax.bar(x, [np.mean(g) for g in nulls], width * 0.9, fill=False, hatch="//",
-                   edgecolor=bars.patches[0].get_facecolor(), label=f"{band} (null)")
+                   edgecolor=f"C{b}", label=f"{band} (null)")
     ax.set_xticks(range(len(modules)), modules)
     ax.set_ylabel(f"mean sin²θ ({side.upper()} bands)")
     ax.legend(fontsize=7, ncol=2)
