@@ -47,13 +47,17 @@ def make_mesh(shape: Sequence[int] | None = None, devices=None) -> Mesh:
     """A ``("data", "fsdp", "tensor")`` mesh; ``shape`` defaults to ``(1, n_devices, 1)``.
 
     Raises ValueError when the product of ``shape`` is not the device count."""
-    devices = list(devices if devices is not None else jax.devices())
+    explicit = devices is not None
+    devices = list(devices if explicit else jax.devices())
     shape = tuple(shape) if shape is not None else (1, len(devices), 1)
     if len(shape) != 3:
         raise ValueError(f"mesh shape {shape} must have 3 entries for axes {MESH_AXES}")
     if math.prod(shape) != len(devices):
         raise ValueError(f"mesh shape {shape} (product {math.prod(shape)}) does not match the "
                          f"{len(devices)} available devices")
+    if not explicit:
+        # all devices: let jax order them along the physical topology (TPU ICI rings)
+        return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
     device_array = np.asarray(devices).reshape(shape)
     # Auto axis types: GSPMD propagation. (jax 0.10 defaults to Explicit, under which a
     # matmul with a sharded contracting dimension raises ShardingTypeError.)

@@ -217,7 +217,10 @@ def load_hf_checkpoint(path, *, mesh=None, dtype=None, compute_dtype=None, remat
                       remat=remat)
     shapes = param_shapes(cfg)
     _validate(cfg, reader, shapes)
-    mesh = mesh or sharding_lib.make_mesh(devices=jax.devices()[:1])
+    if mesh is None:
+        if jax.process_count() > 1:
+            raise ValueError("load_hf on several processes needs an explicit mesh= spanning them")
+        mesh = sharding_lib.make_mesh(devices=jax.devices()[:1])
     shardings = sharding_lib.param_shardings(shapes, mesh)
 
     def load_leaf(path_, shape, target):
@@ -296,7 +299,7 @@ def export_hf_checkpoint(cfg: ModelConfig, params, out_dir, *, source=None,
         raise ValueError(f"export target {out_dir} is the source checkpoint; choose another directory")
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in list(out_dir.glob("*.safetensors")) + [out_dir / INDEX_FILE]:
-        if stale.exists():  # a previous export's shards would otherwise mix with this one
+        if stale.exists() and jax.process_index() == 0:  # old shards would mix with these
             stale.unlink()
     reader = SafetensorsReader(source) if source else None
     if cfg.architecture == "mllama" and reader is None:
@@ -318,8 +321,9 @@ def export_hf_checkpoint(cfg: ModelConfig, params, out_dir, *, source=None,
                 items.append((name, lambda n=name: reader.read(n)))
                 copied += 1
     files = _write_shards(items, out_dir, max_shard_bytes)
-    _write_config(cfg, out_dir)
-    if source:
+    if jax.process_index() == 0:
+        _write_config(cfg, out_dir)
+    if source and jax.process_index() == 0:
         for name in TOKENIZER_FILES:
             src = Path(source) / name
             if src.is_file() and src.resolve() != (out_dir / name).resolve():

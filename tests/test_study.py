@@ -1,0 +1,96 @@
+"""End to end: the smoke preset of `rotax study` through every stage, its artifacts and their
+internal consistency; and a SIGKILL mid-study followed by a resume that skips finished stages."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rotax.report import recovered_fraction
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _study(run_dir: Path, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    cmd = [sys.executable, "-m", "rotax.cli", "study", f"--config.run_dir={run_dir}",
+           "--config.study.preset=smoke", "--config.study.progress=False", *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """A smoke study killed with SIGKILL once the base stage finished, then resumed to the end."""
+    run_dir = tmp_path_factory.mktemp("study") / "smoke"
+    proc = _study(run_dir)
+    base_file = run_dir / "stages" / "base.json"
+    deadline = time.time() + 900
+    while not base_file.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(1)
+    assert base_file.exists(), proc.communicate()[0][-3000:]
+    base_mtime = base_file.stat().st_mtime_ns
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = _study(run_dir)
+    output, _ = resumed.communicate(timeout=1800)
+    assert resumed.returncode == 0, output[-5000:]
+    return run_dir, base_mtime, output
+
+
+def _stage(run_dir, name):
+    return json.loads((run_dir / "stages" / f"{name}.json").read_text())
+
+
+def test_resume_skips_finished_stages(smoke_run):
+    run_dir, base_mtime, _ = smoke_run
+    assert (run_dir / "stages" / "base.json").stat().st_mtime_ns == base_mtime
+    for stage in ("base", "sft", "ppo", "analysis", "resets", "autoselect", "report"):
+        assert (run_dir / "stages" / f"{stage}.json").is_file(), stage
+
+
+def test_artifacts_exist(smoke_run):
+    run_dir, _, _ = smoke_run
+    assert (run_dir / "report.html").is_file() and (run_dir / "report.md").is_file()
+    assert (run_dir / "base" / "config.json").is_file() and (run_dir / "base" / "tokenizer.json").is_file()
+    assert list((run_dir / "analysis" / "vs_base").glob("*.png"))
+    assert (run_dir / "analysis" / "vs_base" / "metrics.csv").is_file()
+    assert (run_dir / "sft_curve.png").is_file()
+    sft = _stage(run_dir, "sft")
+    assert sft["peak_step"] in sft["checkpoints"] and sft["end_step"] == max(sft["checkpoints"])
+
+
+def test_reset_with_k0_reproduces_the_target(smoke_run):
+    run_dir, _, _ = smoke_run
+    rows = {r["name"]: r for r in _stage(run_dir, "resets")["rows"]}
+    target, identity = rows["SFT end (no reset)"], rows["reset k=0 (identity check)"]
+    assert identity["id"] == target["id"] and identity["ood"] == target["ood"]
+
+
+def test_report_table_equals_stage_outputs(smoke_run):
+    run_dir, _, _ = smoke_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    table = {r["name"]: r for r in summary["table"]}
+    sft = _stage(run_dir, "sft")
+    curve = {c["step"]: c for c in sft["curve"]}
+    peak = table[f"SFT peak-OOD (step {sft['peak_step']})"]
+    assert peak["ood"]["mean"] == curve[sft["peak_step"]]["ood"]["mean"]
+    end_ood = next(r for r in _stage(run_dir, "resets")["rows"] if r["name"] == "SFT end (no reset)")["ood"]["mean"]
+    for row in _stage(run_dir, "resets")["rows"]:
+        assert table[row["name"]]["id"]["mean"] == row["id"]["mean"]
+        assert table[row["name"]]["ood"]["mean"] == row["ood"]["mean"]
+        expected = recovered_fraction(None, curve[sft["peak_step"]]["ood"]["mean"], end_ood, row["ood"]["mean"])
+        assert table[row["name"]]["recovered"] == expected
+    for run in _stage(run_dir, "ppo")["runs"]:
+        assert table[f"PPO from {run['label']}"]["ood"]["mean"] == run["final"]["ood"]["mean"]
+    markdown = (run_dir / "report.md").read_text()
+    for row in summary["table"]:
+        assert row["name"] in markdown
+        assert f"{100 * row['ood']['mean']:.1f}" in markdown
