@@ -6,6 +6,14 @@ Public API (see docs/architecture.md):
     rotax.export_hf(cfg, params, out_dir, source=path)
 """
 
+import os as _os
+
+# XLA:CPU calls LAPACK (scipy's OpenBLAS) from its own worker threads; OpenBLAS's thread server
+# then busy-waits against XLA's pool. Measured here: the smoke study's spectral stage took
+# >6 min with OpenBLAS threads and 33 s with OPENBLAS_NUM_THREADS=1. Set it before OpenBLAS
+# loads; an explicit value in the environment wins.
+_os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from rotax.models.config import ModelConfig, UnsupportedConfigError
 from rotax.models.decoder import apply, forward, init_cache, init_params, param_shapes
 from rotax.models.hf import CheckpointError, export_hf_checkpoint, load_hf_checkpoint

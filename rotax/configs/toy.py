@@ -24,25 +24,29 @@ def get_config():
 
     # base pre-training: half ID rule, half random face-card rules (never J=11, Q=12, K=13)
     config.pretrain = sft.default_config()
-    config.pretrain.update(dict(num_steps=750, batch_size=64, learning_rate=1.5e-3, schedule="cosine",
+    config.pretrain.update(dict(num_steps=600, batch_size=64, learning_rate=1.5e-3, schedule="cosine",
                                 warmup_steps=120, end_learning_rate=1.5e-4, max_grad_norm=1.0,
-                                checkpoint_every=250, eval_every=0, probe_every=0,
+                                checkpoint_every=200, eval_every=0, probe_every=0,
                                 async_checkpointing=False))
 
     # SFT on a fixed pool of ID hands, long enough to over-fit
     config.sft = sft.default_config()
-    config.sft.update(dict(num_steps=500, batch_size=64, learning_rate=1e-3, schedule="constant",
+    config.sft.update(dict(num_steps=300, batch_size=64, learning_rate=1e-3, schedule="constant",
                            warmup_steps=20, max_grad_norm=1.0, checkpoint_every=50, eval_every=50,
                            probe_every=0, async_checkpointing=False))
 
     # PPO on ID hands (toy-scale learning rate and temperature; the study's values are in
     # configs/llama3_2_11b_vision.py and configs/qwen2_5_7b.py)
     config.ppo = ppo.default_config()
-    config.ppo.update(dict(num_updates=40, episodes_per_update=64, attempts=5, temperature=1.0,
+    config.ppo.update(dict(num_updates=12, episodes_per_update=64, attempts=5, temperature=1.0,
                            max_new_tokens=40, rollout_batch_size=64, learning_rate=1e-4,
                            end_learning_rate=1e-5, max_grad_norm=1.0, epochs=2, minibatch_size=64,
-                           microbatch_size=32, checkpoint_every=20, eval_every=10,
+                           microbatch_size=32, checkpoint_every=6, eval_every=6,
                            async_checkpointing=False, export_hf=False))
 
     config.study = study.default_config()
+    # 2 PPO starts and 342 hands x 3 seeds (1,026 hands) per reset evaluation keep the whole
+    # study within ~20 minutes on 2 CPU cores
+    config.study.ppo_starts = ("peak", "end")
+    config.study.reset_hands = 342
     return config
