@@ -72,6 +72,7 @@ def _advantage_history(run_dir: Path) -> list[dict]:
 def _train_one(ctx, run_label: str, start: str, step: int, seed: int) -> dict:
     from rotax import ppo_loop
     from rotax.models.hf import export_hf_checkpoint
+    from rotax.study_curve import tracked_curve
     from rotax.tokenizer import pad_id
 
     config = copy.deepcopy(ctx.config)
@@ -79,16 +80,7 @@ def _train_one(ctx, run_label: str, start: str, step: int, seed: int) -> dict:
     run_dir = ctx.run_dir / "ppo" / run_label
     config.run_dir = str(run_dir)
     s = ctx.config.study
-    curve_file = run_dir / "curve.jsonl"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    curve = [json.loads(x) for x in curve_file.read_text().splitlines()] if curve_file.is_file() else []
-
-    def hook(params, update):
-        acc = ctx.evaluate_id_ood(params, n=s.eval_hands, seeds=(0,))
-        curve[:] = [c for c in curve if c["step"] != update] + [{"step": update, **acc}]
-        with open(curve_file, "a") as f:
-            f.write(json.dumps({"step": update, **acc}) + "\n")
-        return {"id_accuracy": acc["id"]["mean"], "ood_accuracy": acc["ood"]["mean"]}
+    curve, hook = tracked_curve(ctx, run_dir / "curve.jsonl")
 
     result = ppo_loop.train(config, ctx.model_cfg, lambda: ctx.sft_params(step), _environment(ctx, seed),
                             mesh=ctx.mesh, resume=True, pad_id=pad_id(ctx.tokenizer),
@@ -98,7 +90,7 @@ def _train_one(ctx, run_label: str, start: str, step: int, seed: int) -> dict:
     export_hf_checkpoint(ctx.model_cfg, jax.device_get(policy), run_dir / "final_hf", source=ctx.base_dir)
     final = ctx.evaluate_id_ood(policy, n=s.reset_hands, seeds=s.eval_seeds)
     return {"label": run_label, "start": start, "start_step": step, "seed": seed,
-            "curve": sorted(curve, key=lambda c: c["step"]), "final": final, "run_dir": str(run_dir),
+            "curve": curve, "final": final, "run_dir": str(run_dir),
             "policy_dir": str(run_dir / "final_hf"), "updates": result.updates,
             "advantages": _advantage_history(run_dir),
             "detail": f"{result.updates} updates from SFT step {step}"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 from pathlib import Path
 
 import jax
@@ -16,8 +15,9 @@ from rotax.models.decoder import param_shapes
 from rotax.models.hf import export_hf_checkpoint
 from rotax.sft_loop import host_params, mesh_from_config, train as train_sft
 from rotax.sharding import param_shardings
+from rotax.study_curve import tracked_curve
 from rotax.study_eval import evaluate_accuracy, study_hands
-from rotax.tasks.points import STANDARD_RANKS, CompactRenderer, Rule, default_deal
+from rotax.tasks.points import STANDARD_RANKS, Rule
 
 
 class StudyContext:
@@ -132,16 +132,7 @@ def stage_sft(ctx: StudyContext, outputs: dict) -> dict:
                                   batch_size=config.sft.batch_size, bucket=config.data.bucket,
                                   max_length=config.data.max_length,
                                   solution_choice=config.data.solution_choice)
-    curve_file = ctx.run_dir / "sft" / "curve.jsonl"  # survives an interrupted stage
-    curve_file.parent.mkdir(parents=True, exist_ok=True)
-    curve = [json.loads(line) for line in curve_file.read_text().splitlines()] if curve_file.is_file() else []
-
-    def hook(params, step):
-        acc = ctx.evaluate_id_ood(params, n=s.eval_hands, seeds=(0,))
-        curve[:] = [c for c in curve if c["step"] != step] + [{"step": step, **acc}]
-        with open(curve_file, "a") as f:
-            f.write(json.dumps({"step": step, **acc}) + "\n")
-        return {"id_accuracy": acc["id"]["mean"], "ood_accuracy": acc["ood"]["mean"]}
+    curve, hook = tracked_curve(ctx, ctx.run_dir / "sft" / "curve.jsonl")  # survives a resume
 
     sft_config = _stage_config(config, "sft", ctx.run_dir / "sft")
     result = train_sft(sft_config, ctx.model_cfg, ctx.base_params(), source, mesh=ctx.mesh, resume=True,
