@@ -46,13 +46,16 @@ def pin_threads(threads: int) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
-def model_flops_per_token(c: dict) -> float:
-    """Training FLOPs per token: 6 × matmul params (incl. LM head) + 12 × layers × hidden × seq
-    (attention scores and values, forward + backward), as in the PaLM MFU definition."""
+def model_flops_per_step(c: dict, answer_tokens: int) -> float:
+    """Training FLOPs of one step that the masked SFT loss needs: 6 × decoder matmul params ×
+    all tokens + 12 × layers × hidden × seq × tokens (attention, PaLM's MFU definition) +
+    6 × hidden × vocab × answer tokens (the LM head where the loss has weight). Both
+    contenders are measured against this count (HF also runs the head on prompt tokens)."""
     h, i, layers, v = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
     kv = h * c["num_key_value_heads"] // c["num_attention_heads"]
     per_layer = h * h * 2 + h * kv * 2 + 3 * h * i
-    return 6 * (layers * per_layer + h * v) + 12 * layers * h * c["seq"]
+    tokens = c["batch"] * c["seq"]
+    return (6 * layers * per_layer + 12 * layers * h * c["seq"]) * tokens + 6 * h * v * answer_tokens
 
 
 def matmul_peak(jax, jnp, n: int = 1024, repeats: int = 5) -> float:
@@ -145,14 +148,15 @@ def main() -> None:
     peak = matmul_peak(jax, jnp)
     tokens_per_step = c["batch"] * c["seq"]
     rates = {k: tokens_per_step / statistics.median(v) for k, v in times.items()}
-    flops = model_flops_per_token(c)
-    mfu = {k: rates[k] * flops / (peak * 1e9) for k in rates}
+    answer_tokens = int(mask[:, 1:].sum())
+    flops = model_flops_per_step(c, answer_tokens)
+    mfu = {k: flops / statistics.median(times[k]) / (peak * 1e9) for k in rates}
     print(f"params {params_count / 1e6:.1f}M, batch {c['batch']}x{c['seq']}, threads {args.threads}, "
           f"first-step losses rotax {first_losses[0]:.4f} / torch {first_losses[1]:.4f} "
           f"(compile+warm-up {warmup_seconds:.1f} s)", file=sys.stderr)
     for k, v in times.items():
         print(f"{k}: step seconds {[round(x, 3) for x in v]}", file=sys.stderr)
-    print(f"matmul peak {peak:.1f} GFLOP/s; model {flops * tokens_per_step / 1e9:.1f} GFLOP/step",
+    print(f"matmul peak {peak:.1f} GFLOP/s; model {flops / 1e9:.1f} GFLOP/step",
           file=sys.stderr)
     print(json.dumps({
         "bench": "sft", "ratio": round(rates["rotax"] / rates["baseline"], 3), "better": "higher",
@@ -161,7 +165,8 @@ def main() -> None:
                    "repeats": repeats, "dtype": "float32", "answer_fraction": 0.25,
                    "quick": args.quick},
         "mfu": {"rotax": round(mfu["rotax"], 3), "baseline": round(mfu["baseline"], 3),
-                "matmul_peak_gflops": round(peak, 1)},
+                "matmul_peak_gflops": round(peak, 1), "model_gflop_per_step": round(flops / 1e9, 1),
+                "flops": "decoder on all tokens + LM head on answer tokens"},
     }))
 
 
