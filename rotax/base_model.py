@@ -60,7 +60,7 @@ def load_base(model, mesh, run_dir):
     return cfg, params, source
 
 
-def model_config(model, source) -> "ModelConfig":
+def model_config(model, source):
     """The ``ModelConfig`` of ``source`` with the section's dtypes and remat (no weights read)."""
     from rotax.models.config import ModelConfig
 

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -19,7 +18,7 @@ import rotax
 from rotax import sft, sft_loop
 from rotax.checkpoint import CheckpointStore
 from rotax.models.hf import hf_names
-from rotax.sft_data import Batch, GeneralPointsSource, JsonlChatSource, pack_examples
+from rotax.sft_data import GeneralPointsSource, JsonlChatSource, pack_examples
 from rotax.train_state import make_optimizer, optimizer_config
 from tests import hf_fixtures, sft_run_check
 
