@@ -104,7 +104,7 @@ def run_rotax(ref, tgt):
     from rotax import spectral
 
     # Compiled programs persist across runs (the first run of a shape pays ~4 s per program).
-    jax.config.update("jax_compilation_cache_dir", os.environ.get("BENCH_JAX_CACHE", "/tmp/rotax-jax-cache"))
+    jax.config.update("jax_compilation_cache_dir", os.environ.get("BENCH_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "rotax-jax-cache")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
     result = spectral.analyze(ref, tgt, k=K_FRACTION, null_seeds=0)
