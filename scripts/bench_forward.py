@@ -1,21 +1,21 @@
 """Benchmark: forward-pass tokens/s, rotax (jit) vs transformers + torch, same config, batch,
-weights and thread count, interleaved repeats, medians. Last line: one JSON object."""
+weights and thread count, interleaved repeats, medians. Last line: one JSON object.
+``BENCH_THREADS`` (default 1) is the number of cores: the whole process is pinned to that many
+(``scripts/_bench_threads.py``) and torch uses that many threads."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-THREADS = int(os.environ.get("BENCH_THREADS", "1"))
-os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen={'true' if THREADS > 1 else 'false'} "
-                      f"intra_op_parallelism_threads={THREADS}")
-os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+from _bench_threads import pin_threads  # before numpy/jax/torch: their pools inherit the pinning
+
+THREADS = pin_threads()  # BENCH_THREADS, default 1
 
 import numpy as np  # noqa: E402
 

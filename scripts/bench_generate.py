@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-THREADS = int(os.environ.get("BENCH_THREADS", "1"))
-if hasattr(os, "sched_setaffinity"):  # before any thread pool exists; threads inherit it
-    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:THREADS])
-os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen={'true' if THREADS > 1 else 'false'} "
-                      f"intra_op_parallelism_threads={THREADS}")
-os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+from _bench_threads import pin_threads  # before numpy/jax/torch: their pools inherit the pinning
+
+THREADS = pin_threads()  # BENCH_THREADS, default 1
 
 import numpy as np  # noqa: E402
 

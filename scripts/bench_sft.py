@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
 import time
+
+from _bench_threads import pin_threads  # called in main() before jax/torch are imported
 
 FULL = dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=6,
             num_attention_heads=8, num_key_value_heads=8, batch=8, seq=256)
@@ -34,16 +35,6 @@ def parse_args():
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for both (default 1)")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per contender")
     return parser.parse_args()
-
-
-def pin_threads(threads: int) -> None:
-    """Restricts this process to ``threads`` CPUs before jax/torch start their pools."""
-    cpus = sorted(os.sched_getaffinity(0))[:threads]
-    os.sched_setaffinity(0, cpus)
-    flags = os.environ.get("XLA_FLAGS", "")
-    if threads == 1 and "multi_thread_eigen" not in flags:
-        os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
 def model_flops_per_step(c: dict, answer_tokens: int) -> float:

@@ -35,14 +35,9 @@ import sys
 import time
 from pathlib import Path
 
-THREADS = int(os.environ.get("BENCH_THREADS", "1"))
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, str(THREADS))
-os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen={'true' if THREADS > 1 else 'false'} "
-                      f"intra_op_parallelism_threads={THREADS}")
+from _bench_threads import pin_threads  # before numpy/jax/torch: their pools inherit the pinning
 
-if hasattr(os, "sched_setaffinity"):  # XLA's CPU pool ignores the thread flags: pin the process
-    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:THREADS]))
+THREADS = pin_threads()  # BENCH_THREADS, default 1
 
 import numpy as np  # noqa: E402
 
