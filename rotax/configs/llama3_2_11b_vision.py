@@ -19,12 +19,7 @@ STUDY_PEAK_STEP, STUDY_END_STEP = 140, 1100
 
 
 def get_config():
-    # PPO: the reference collects 128 turns per process x 4 processes = 512 turns per update and
-    # takes one optimizer step per 512 turns (one per epoch); rotax collects whole episodes.
-    config = study_config(run_dir="runs/llama3_2_11b_vision", sft_steps=1600, ppo_updates=100,
-                          episodes_per_update=128, ppo_minibatch=512)
-    config.ppo.rollout_batch_size = 128
-    config.ppo.checkpoint_every = 10
-    config.ppo.eval_every = 10
-    config.study.ppo_starts = ("peak", STUDY_END_STEP)
-    return config
+    # PPO: the reference collects 128 turns per process on 4 processes per update.
+    return study_config(run_dir="runs/llama3_2_11b_vision", sft_steps=1600, ppo_updates=100,
+                        episodes_per_update=128, ppo_minibatch=4 * 128, ppo_every=10,
+                        ppo_starts=("peak", STUDY_END_STEP))

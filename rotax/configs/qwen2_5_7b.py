@@ -18,11 +18,6 @@ STUDY_PEAK_STEP, STUDY_END_STEP = 120, 800
 
 
 def get_config():
-    # PPO: the reference collects 32 turns per process x 4 processes = 128 turns per update.
-    config = study_config(run_dir="runs/qwen2_5_7b", sft_steps=800, ppo_updates=300,
-                          episodes_per_update=32, ppo_minibatch=128)
-    config.ppo.rollout_batch_size = 32
-    config.ppo.checkpoint_every = 50
-    config.ppo.eval_every = 50
-    config.study.ppo_starts = ("peak", "end")
-    return config
+    # PPO: the reference collects 32 turns per process on 4 processes per update.
+    return study_config(run_dir="runs/qwen2_5_7b", sft_steps=800, ppo_updates=300,
+                        episodes_per_update=32, ppo_minibatch=4 * 32, ppo_every=50)

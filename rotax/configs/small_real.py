@@ -16,15 +16,12 @@ STUDY_SFT_CHECKPOINTS = checkpoint_schedule(tuple(range(0, 201, 50)), 100, 800)
 
 def get_config():
     config = study_config(run_dir="runs/small_real", sft_steps=800, ppo_updates=100,
-                          episodes_per_update=32, ppo_minibatch=128)
-    config.mesh.shape = (1, -1, 1)
+                          episodes_per_update=32, ppo_minibatch=128, ppo_every=20,
+                          rollout_batch_size=16)
     config.sft.grad_accum_steps = 8
     config.sft.learning_rate = 1e-5
     config.sft.eval_batch_size = 32
     config.ppo.microbatch_size = 2
-    config.ppo.rollout_batch_size = 16
     config.ppo.eval_batch_size = 32
-    config.ppo.checkpoint_every = 20
-    config.ppo.eval_every = 20
     config.study.eval_batch_size = 32
     return config

@@ -2,7 +2,8 @@
 (SPEC §1–3) on top of each module's ``default_config()``.
 
 Not a config file itself (no ``get_config``); ``llama3_2_11b_vision.py``, ``qwen2_5_7b.py`` and
-``small_real.py`` call :func:`study_config` and then set what differs per model. Every value
+``small_real.py`` call :func:`study_config` with what differs per model (lengths, PPO batch
+sizes, where PPO starts) and adjust only what :func:`study_config` does not take. Every value
 that reproduces the study is set here explicitly, even where it equals a module default, so a
 changed default cannot silently change a reproduction; docs/reproducing-the-study.md maps each
 one to the paper.
@@ -24,13 +25,22 @@ PPO_MAX_NEW_TOKENS = 512
 
 
 def study_config(*, run_dir: str, sft_steps: int, ppo_updates: int,
-                 episodes_per_update: int, ppo_minibatch: int) -> ml_collections.ConfigDict:
+                 episodes_per_update: int, ppo_minibatch: int, ppo_every: int = 10,
+                 rollout_batch_size: int | None = None,
+                 ppo_starts: tuple = ("peak", "end")) -> ml_collections.ConfigDict:
     """A full run config with the study's recipe.
 
     ``sft_steps``: SFT optimizer steps. ``ppo_updates``: PPO updates (rollout + 4 epochs).
     ``episodes_per_update``: revision episodes collected per update. ``ppo_minibatch``: time
-    steps (turns) per PPO optimizer step. ``model.path`` is left empty: give the local HF
-    directory with ``--config.model.path=...`` (rotax never downloads)."""
+    steps (turns) per PPO optimizer step. The reference runs 4 processes, each collecting a
+    fixed number of turns per update, and takes one optimizer step per epoch over all of them;
+    the model configs set ``episodes_per_update`` to its turns per process (rotax collects
+    whole episodes, 1-5 turns each) and ``ppo_minibatch`` to 4 × that.
+    ``ppo_every``: PPO updates between checkpoints and between evaluations (the same, so every
+    evaluated update has a checkpoint). ``rollout_batch_size``: rows per sampler call (default
+    ``episodes_per_update``: an update's first attempts in one call). ``ppo_starts``: the SFT
+    checkpoints PPO runs from (``"peak"``, ``"end"`` or a step). ``model.path`` is left empty:
+    give the local HF directory with ``--config.model.path=...`` (rotax never downloads)."""
     config = run_config.default_config()
     config.run_dir = run_dir
     config.seed = 0
@@ -71,6 +81,8 @@ def study_config(*, run_dir: str, sft_steps: int, ppo_updates: int,
         learning_rate=1e-6, schedule="cosine", warmup_steps=0, warmup_fraction=0.0,
         end_learning_rate=1e-9, b1=0.9, b2=0.999, eps=1e-7, weight_decay=0.0, max_grad_norm=0.01,
         eval_hands=EVAL_HANDS, eval_seeds=(EVAL_SEED,),
+        rollout_batch_size=rollout_batch_size or episodes_per_update,
+        checkpoint_every=ppo_every, eval_every=ppo_every,
     ))
 
     # The pipeline: standard 13-rank deck, the study's evaluation sets, analysis against the
@@ -80,7 +92,7 @@ def study_config(*, run_dir: str, sft_steps: int, ppo_updates: int,
         deck="standard", eval_hands=EVAL_HANDS, reset_hands=EVAL_HANDS, probe_hands=EVAL_HANDS,
         eval_seeds=(EVAL_SEED,), attempts=ATTEMPTS, max_new_tokens=MAX_NEW_TOKENS,
         eval_batch_size=64, sft_pool_hands=sft_steps * 64,
-        ppo_starts=("peak", "end"), ppo_seeds=1, reset_reference="peak",
+        ppo_starts=tuple(ppo_starts), ppo_seeds=1, reset_reference="peak",
         analysis_k=0.2, null_seeds=2,
     ))
     return config
