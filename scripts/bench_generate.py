@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from _bench_models import save_random_llama
 from _bench_threads import pin_threads  # before numpy/jax/torch: their pools inherit the pinning
 
 THREADS = pin_threads()  # BENCH_THREADS, default 1
@@ -26,18 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 CONFIG = dict(vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
               num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=False)
 QUICK = dict(CONFIG, num_hidden_layers=2, vocab_size=8000)
-
-
-def build(path: Path, config: dict) -> int:
-    """Random Llama weights saved as HF safetensors; returns the parameter count."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**config, max_position_embeddings=2048, bos_token_id=None,
-                                         eos_token_id=None, pad_token_id=0))
-    model.save_pretrained(path)
-    return sum(p.numel() for p in model.parameters())
 
 
 def main():
@@ -64,7 +53,8 @@ def main():
 
     torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory() as tmp:
-        n_params = build(Path(tmp), config)
+        n_params = save_random_llama(Path(tmp), config, max_position_embeddings=2048,
+                                     bos_token_id=None, eos_token_id=None, pad_token_id=0)
         cfg, params = rotax.load_hf(tmp)
         model = load_torch(tmp)
     prompts = np.random.default_rng(0).integers(3, config["vocab_size"], (batch, prompt_len), dtype=np.int32)
