@@ -112,7 +112,8 @@ def stage_base(ctx: StudyContext, outputs: dict) -> dict:
     init_cfg = base_model.model_config(config.model, init_dir)
     pre = _stage_config(config, "pretrain", ctx.run_dir / "pretrain")
     source = toy.pretraining_source(tokenizer, ctx.renderer, batch_size=pre.sft.batch_size,
-                                    bucket=config.data.bucket, max_length=config.data.max_length)
+                                    bucket=config.data.bucket, max_length=config.data.max_length,
+                                    solution_choice=config.data.solution_choice)
     _, init_params, _ = base_model.load_base(_with_path(config.model, init_dir), ctx.mesh, ctx.run_dir)
     result = train_sft(pre, init_cfg, init_params, source, mesh=ctx.mesh, resume=True,
                        run_metadata={"source": str(init_dir)})

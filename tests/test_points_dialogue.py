@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
+import re
 
 import pytest
 
@@ -230,3 +232,22 @@ def test_sft_examples_are_correct_and_deterministic():
         P.sft_example(HAND, P.Rule.ID, renderer, solution_choice="random")
     with pytest.raises(ValueError):
         P.sft_example(HAND, P.Rule.ID, renderer, random.Random(0), "best")
+
+
+def test_sorted_solution_depends_only_on_the_value_multiset():
+    # 'sorted' targets are a function of the compact scratchpad (the sorted values): every
+    # ordering of a hand gets the same formula, it is correct, and — where any solution keeps
+    # the ascending order — it uses the numbers in that order (checked by an independent
+    # brute force over the operand orderings).
+    renderer = P.JsonChatRenderer()
+    for hand in P.evaluation_hands(P.Rule.OOD, seed=5, n=30):
+        formulas = set()
+        for perm in set(itertools.permutations(hand)):
+            answer = json.loads(P.sft_example(perm, P.Rule.OOD, renderer, solution_choice="sorted")[1])
+            assert P.grade(json.dumps(answer), perm, P.Rule.OOD).reward == 5
+            formulas.add(answer["formula"])
+        assert len(formulas) == 1
+        numbers = [int(n) for n in re.findall(r"\d+", formulas.pop().split("=")[0])]
+        values = sorted(P.card_values(hand, P.Rule.OOD))
+        if any([int(n) for n in re.findall(r"\d+", s)] == values for s in P.solutions(values)):
+            assert numbers == values

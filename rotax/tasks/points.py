@@ -142,19 +142,23 @@ def sft_example(hand: Sequence[str], rule: RuleLike, renderer: Renderer,
     """Return ``(prompt, answer)``: the renderer's prompt for ``hand`` and a correct answer.
 
     ``solution_choice='canonical'`` uses :func:`canonical_solution` of the card values in hand
-    order (deterministic); ``'random'`` draws uniformly from all known solutions with ``rng``.
+    order (deterministic); ``'sorted'`` the canonical solution of the values in ascending order
+    (a function of the value multiset alone, i.e. of the compact answer's scratchpad);
+    ``'random'`` draws uniformly from all known solutions with ``rng``.
     Raises ``ValueError`` when the hand cannot make 24 under ``rule``.
     """
     values = card_values(hand, rule)
     if solution_choice == "canonical":
         formula = canonical_solution(values)
+    elif solution_choice == "sorted":
+        formula = canonical_solution(sorted(values))
     elif solution_choice == "random":
         if rng is None:
             raise ValueError("solution_choice='random' needs an rng")
         known = solutions(values)
         formula = known[rng.randrange(len(known))] if known else None
     else:
-        raise ValueError(f"solution_choice must be 'canonical' or 'random', "
+        raise ValueError(f"solution_choice must be 'canonical', 'sorted' or 'random', "
                          f"got {solution_choice!r}")
     if formula is None:
         raise ValueError(f"hand {list(hand)} cannot make {TARGET} under {as_face_rule(rule)}")
