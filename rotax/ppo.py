@@ -43,7 +43,9 @@ def default_config() -> ml_collections.ConfigDict:
     Rollouts: num_updates; episodes_per_update (hands per rollout, each a revision episode of
     up to ``attempts`` turns); rule (``id``/``ood``/``J,Q,K`` of the training hands);
     temperature, top_k, top_p, max_new_tokens (sampling; 512 as in the reference's RL runs);
-    rollout_batch_size (rows per sampler call). Returns: gamma, gae_lambda.
+    rollout_batch_size (rows per sampler call). Returns: gamma, gae_lambda, reward_scale (the
+    verifier's rewards are multiplied by it before GAE — 1 in the study; the toy uses 0.2 so a
+    small shared trunk is not dominated by the value loss; logged rewards stay unscaled).
 
     Update: epochs; minibatch_size (time steps per optimizer step; the valid steps are split
     evenly into ``ceil(steps / minibatch_size)`` minibatches); microbatch_size (rows per
@@ -79,6 +81,7 @@ def default_config() -> ml_collections.ConfigDict:
         "rollout_batch_size": 64,
         "gamma": 0.9,
         "gae_lambda": 0.95,
+        "reward_scale": 1.0,
         "epochs": 4,
         "minibatch_size": 128,
         "microbatch_size": 8,
@@ -114,6 +117,7 @@ class UpdateSettings(NamedTuple):
     epochs: int
     minibatch_size: int
     microbatch_size: int
+    reward_scale: float = 1.0
 
     @classmethod
     def from_config(cls, ppo) -> "UpdateSettings":
@@ -130,7 +134,7 @@ class UpdateSettings(NamedTuple):
                           kl_coef=float(ppo.kl_coef), kl_estimator=str(ppo.kl_estimator),
                           temperature=float(ppo.temperature))
         return cls(loss, float(ppo.gamma), float(ppo.gae_lambda), int(ppo.epochs),
-                   int(ppo.minibatch_size), int(ppo.microbatch_size))
+                   int(ppo.minibatch_size), int(ppo.microbatch_size), float(ppo.reward_scale))
 
 
 class OptimizerSettings(NamedTuple):

@@ -87,7 +87,7 @@ def make_update_fn(cfg: ModelConfig, settings: UpdateSettings, opt: OptimizerSet
     def update(state: TrainState, buffer: RolloutBuffer, scores: Scores, update_index):
         n = buffer.tokens.shape[0]
         valid = buffer.row_mask
-        raw, returns = advantages_lib.gae(buffer.rewards, scores.values, buffer.dones,
+        raw, returns = advantages_lib.gae(buffer.rewards * s.reward_scale, scores.values, buffer.dones,
                                           jnp.zeros((), jnp.float32), s.gamma, s.gae_lambda)
         raw = raw * valid
         returns = returns * valid

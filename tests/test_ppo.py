@@ -1,5 +1,7 @@
 """PPO end to end on a task a tiny model learns fast; a NaN stops the run naming the update."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -51,3 +53,26 @@ def test_nan_loss_stops_naming_the_update(tmp_path):
     store.close()
     assert step == 2 and int(state.step) == 2
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+
+
+def test_reward_scale_equals_scaling_the_environment_rewards(tmp_path):
+    # ppo.reward_scale=s on rewards r must train exactly like rewards s*r with scale 1 (GAE
+    # and the value targets see the scaled rewards); logged rewards stay the environment's.
+    cfg = fx.tiny_model_config()
+    policy = decoder.init_params(cfg, jax.random.PRNGKey(0))
+
+    class Scaled(fx.FirstTokenEnvironment):
+        def play(self, cfg, params, key, update):
+            rollout = super().play(cfg, params, key, update)
+            turns = [dataclasses.replace(t, reward=0.25 * t.reward) for t in rollout.turns]
+            return dataclasses.replace(rollout, turns=turns)
+
+    results = {}
+    for name, scale, env_cls in (("config", 0.25, fx.FirstTokenEnvironment), ("env", 1.0, Scaled)):
+        config = fx.tiny_config(tmp_path / name, num_updates=1, reward_scale=scale, **SETTINGS)
+        env = env_cls(config.ppo.episodes_per_update, fx.options(config))
+        results[name] = ppo_loop.train(config, cfg, policy, env, pad_id=fx.PAD).state.params
+    for a, b in zip(jax.tree.leaves(results["config"]), jax.tree.leaves(results["env"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(results["config"]), jax.tree.leaves(policy))]
+    assert any(changed)
