@@ -80,11 +80,21 @@ class CheckpointStore:
         self._manager.close()
 
     def _finish_pending(self) -> None:
+        """Waits for started saves and writes their manifests. On several processes (each
+        calls this at the same points) process 0 writes, after orbax has finalized the
+        directory, and the others wait for it, so every process then sees the same files."""
         self._manager.wait_until_finished()
-        for step in self._unmanifested:
-            path = self.directory / str(step)
-            if path.is_dir():
-                write_manifest(path)
+        if not self._unmanifested:
+            return
+        if jax.process_index() == 0:
+            for step in self._unmanifested:
+                path = self.directory / str(step)
+                if path.is_dir():
+                    write_manifest(path)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"rotax manifest {self.stage} {self._unmanifested}")
         self._unmanifested = []
 
     # ------------------------------------------------------------ restoring
@@ -133,7 +143,7 @@ def _files(directory: Path) -> dict[str, int]:
         for name in names:
             full = Path(root) / name
             rel = full.relative_to(directory).as_posix()
-            if rel != MANIFEST:
+            if rel != MANIFEST and not name.startswith(f".{MANIFEST}.tmp-"):
                 out[rel] = full.stat().st_size
     return out
 

@@ -28,6 +28,7 @@ import numpy as np
 from rotax import ppo as ppo_lib
 from rotax import sharding as sharding_lib
 from rotax.checkpoint import CheckpointStore, update_run_metadata
+from rotax.host import to_global, to_host
 from rotax.metrics import RunLogger, tokens_per_second
 from rotax.rollout import Environment, Rollout, build_buffer, buffer_rows
 from rotax.run_config import config_to_dict, mesh_shape, write_resolved_config
@@ -184,12 +185,12 @@ def train(config, model_cfg, init_policy, env: Environment, *, mesh=None, resume
             buffer = build_buffer(rollout.turns, rows=rows, pad_id=pad_id,
                                   max_new_tokens=cfg_ppo.max_new_tokens, tokenizer=tokenizer,
                                   pre_formula_weight=cfg_ppo.pre_formula_weight, formula_marker=marker)
-            buffer = jax.device_put(buffer, placement)
+            buffer = to_global(buffer, placement)  # each process places its own rows
             scored = time.perf_counter()
             scores = jax.block_until_ready(score_fn(state.params, reference, buffer))
             updating = time.perf_counter()
             state, device_metrics, raw = update_fn(state, buffer, scores, jnp.int32(update))
-            device_metrics, raw = jax.device_get((device_metrics, raw))
+            device_metrics, raw = to_host((device_metrics, raw))
             finished = time.perf_counter()
             metrics = {k: float(v) for k, v in device_metrics.items()}
             done = update + 1
@@ -227,12 +228,12 @@ def _renderer_marker(renderer) -> str:
 
 def _sampler_gap(buffer, scores) -> dict:
     """Mean |sampler log-prob − recomputed log-prob| per response token (a sampler check)."""
-    mask = np.asarray(jax.device_get(buffer.response_mask))
-    gap = np.abs(np.asarray(jax.device_get(buffer.sampler_logprob))
-                 - np.asarray(jax.device_get(scores.token_logprob)))
+    mask, sampler, scored = to_host((buffer.response_mask, buffer.sampler_logprob, scores.token_logprob))
+    gap = np.abs(sampler - scored)
     return {"sampler_logprob_gap": float((gap * mask).sum() / max(mask.sum(), 1.0))}
 
 
 def host_params(state: TrainState) -> dict:
-    """The params of a train state as numpy arrays (for comparisons and tests)."""
-    return jax.tree.map(np.asarray, jax.device_get(state.params))
+    """The params of a train state as numpy arrays (for comparisons and tests); on several
+    processes every one must call it (sharded leaves are all-gathered)."""
+    return to_host(state.params)

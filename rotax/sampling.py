@@ -34,6 +34,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rotax.decode_step import HeadMajorCache, decode_step, unroll_layers_by_default
+from rotax.host import to_global, to_host
 from rotax.models import decoder
 from rotax.models.config import ModelConfig
 
@@ -110,6 +111,13 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, length: int | None
 def row_keys(key: jax.Array, row_ids) -> jax.Array:
     """Per-row keys ``[B]``: ``fold_in(key, row_id)``."""
     return jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.asarray(row_ids, jnp.uint32))
+
+
+@functools.partial(jax.jit, static_argnames=("sharding",))
+def _sharded_row_keys(key: jax.Array, row_ids, sharding) -> jax.Array:
+    """:func:`row_keys` computed straight into ``sharding`` (a key array placed on one device
+    cannot be ``device_put`` onto the devices of other processes)."""
+    return jax.lax.with_sharding_constraint(row_keys(key, row_ids), sharding)
 
 
 # ---------------------------------------------------------------- one step's choice
@@ -276,6 +284,11 @@ def _eos_array(eos_ids: Sequence[int]) -> jax.Array:
     return jnp.asarray(ids + [-1] * (size - len(ids)), jnp.int32)
 
 
+def _as(x, dtype):
+    """``x`` in ``dtype``: a ``jax.Array`` stays one (no host round trip), anything else numpy."""
+    return x.astype(dtype) if isinstance(x, jax.Array) else np.asarray(x, dtype)
+
+
 def sample(cfg: ModelConfig, params, tokens, mask, key, options: SamplingOptions, *,
            eos_ids: Sequence[int], pad_id: int = 0, row_ids=None, mesh=None,
            unroll: bool | None = None) -> SampleOutput:
@@ -289,14 +302,15 @@ def sample(cfg: ModelConfig, params, tokens, mask, key, options: SamplingOptions
     :func:`unroll_layers_by_default`) picks the decode step's layer loop; with it, the call
     holds a second copy of the layer weights. Returns a :class:`SampleOutput` of device arrays.
     """
-    tokens = jnp.asarray(tokens, jnp.int32)
-    mask = jnp.asarray(mask, bool)
-    row_ids = np.arange(tokens.shape[0]) if row_ids is None else np.asarray(row_ids)
-    keys = row_keys(key, row_ids)
-    if mesh is not None:
+    row_ids = np.arange(np.shape(tokens)[0]) if row_ids is None else np.asarray(row_ids)
+    if mesh is None:
+        tokens, mask = jnp.asarray(tokens, jnp.int32), jnp.asarray(mask, bool)
+        keys = row_keys(key, row_ids)
+    else:  # rows split over ("data", "fsdp"), on every process of a multi-host mesh
         from rotax.sharding import batch_sharding
-        tokens, mask = jax.device_put((tokens, mask), batch_sharding(mesh))
-        keys = jax.device_put(keys, batch_sharding(mesh, keys.ndim))
+        tokens, mask = to_global((_as(tokens, jnp.int32), _as(mask, bool)), batch_sharding(mesh))
+        key_ndim = 1 + jax.eval_shape(lambda k: jax.random.fold_in(k, 0), key).ndim
+        keys = _sharded_row_keys(key, np.asarray(row_ids, np.uint32), batch_sharding(mesh, key_ndim))
     return _sample(params, tokens, mask, keys, jnp.float32(options.temperature or 1.0),
                    jnp.float32(options.top_p), _eos_array(eos_ids), cfg=cfg, max_new_tokens=options.max_new_tokens,
                    greedy=options.greedy, top_k=options.top_k, use_top_p=options.top_p < 1.0,
@@ -325,7 +339,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], key,
         tokens, mask = left_pad(chunk + [chunk[0]] * extra, pad_id)
         out = sample(cfg, params, tokens, mask, key, options, eos_ids=eos_ids, pad_id=pad_id,
                      row_ids=ids + [ids[0]] * extra, mesh=mesh)
-        out_tokens, out_logp, lengths = jax.device_get((out.tokens, out.logprobs, out.lengths))
+        out_tokens, out_logp, lengths = to_host((out.tokens, out.logprobs, out.lengths))
         eos = set(int(i) for i in eos_ids)
         for row in range(len(chunk)):
             n = int(lengths[row])

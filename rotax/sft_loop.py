@@ -15,10 +15,10 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
-import numpy as np
 
 from rotax import sharding as sharding_lib
 from rotax.checkpoint import CheckpointStore, update_run_metadata
+from rotax.host import to_global, to_host
 from rotax.metrics import RunLogger, tokens_per_second
 from rotax.models.decoder import param_shapes
 from rotax.run_config import config_to_dict, mesh_shape, write_resolved_config
@@ -54,7 +54,7 @@ def evaluate_probes(eval_loss, params, probe_sets: Mapping[str, Sequence[Batch]]
     for name, batches in probe_sets.items():
         total = count = 0.0
         for batch in batches:
-            s, n = jax.device_get(eval_loss(params, batch))
+            s, n = to_host(eval_loss(params, batch))
             total, count = total + float(s), count + float(n)
         out[f"{name}_loss"] = total / max(count, 1.0)
     return out
@@ -114,7 +114,7 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
     eval_loss = make_eval_loss(model_cfg, mesh, shardings.params, compiler_options) \
         if probe_sets else None
     batch_shardings = train_batch_shardings(mesh)
-    probe_sets = {name: [jax.device_put(prepare_batch(b), batch_shardings) for b in batches]
+    probe_sets = {name: [to_global(prepare_batch(b), batch_shardings) for b in batches]
                   for name, batches in (probe_sets or {}).items()}
     logger = RunLogger(config.run_dir, STAGE, start_step=start, total_steps=sft.num_steps,
                        progress=sft.progress)
@@ -154,9 +154,9 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
         for index in range(start, sft.num_steps):
             began = time.perf_counter()
             batch = prepare_batch(source(config.seed, index), sft.grad_accum_steps)
-            batch = jax.device_put(batch, batch_shardings)
+            batch = to_global(batch, batch_shardings)  # each process places its own rows
             state, device_metrics = step_fn(state, batch)
-            metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+            metrics = {k: float(v) for k, v in to_host(device_metrics).items()}
             step = index + 1
             if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
                 store.wait()
@@ -179,5 +179,6 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
 
 
 def host_params(state) -> dict:
-    """The params of a train state as numpy arrays (for comparisons and tests)."""
-    return jax.tree.map(np.asarray, jax.device_get(state.params))
+    """The params of a train state as numpy arrays (for comparisons and tests); on several
+    processes every one must call it (sharded leaves are all-gathered)."""
+    return to_host(state.params)

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rotax.host import to_host
 from rotax.selectors import is_matrix, is_stacked, module_type
 from rotax.subspace import (band_edges, compare, factorize, map_layers,
                             matched_norm_perturbation, resolve_rank)
@@ -165,7 +166,7 @@ def analyze_module(name: str, ref_stack, targets: Mapping[str, Any], *, k, bands
         keys = _null_keys(key, name, layers, null_seeds)
         for label, tgt_stack in targets.items():
             tgt = _device(tgt_stack, stacked, start, stop, dtype)
-            scalars, arrays, null_scalars, null_arrays = jax.device_get(
+            scalars, arrays, null_scalars, null_arrays = to_host(
                 _compare_stack(ref, ref_factors, tgt, keys, k=rank, bands=edges))
             for i, layer in enumerate(layers):
                 tensor = _tensor_name(path, layer)

@@ -10,9 +10,6 @@ The worker half of this file runs as ``python -m tests.test_distributed WORKER .
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,8 +18,8 @@ import numpy as np
 import pytest
 
 from rotax import distributed
+from tests import multihost
 
-ROOT = Path(__file__).resolve().parents[1]
 NUM_PROCESSES = 2
 LOCAL_DEVICES = 4
 MESH_SHAPE = (1, 4, 2)
@@ -68,56 +65,26 @@ def test_explicit_settings_and_their_errors():
 # ---------------------------------------------------------------- two real processes (slow-ish)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 TOKENS = np.random.default_rng(0).integers(0, 90, (8, 16), dtype=np.int32)
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
-    import jax
-
     import rotax
     from tests import hf_fixtures
 
     path = hf_fixtures.llama(tmp_path / "llama", tied=False, layers=2)
-    port = _free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
-               ROTAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-               ROTAX_NUM_PROCESSES=str(NUM_PROCESSES))
-    for name in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "ROTAX_DISTRIBUTED"):
-        env.pop(name, None)
     start = time.monotonic()
-    procs = []
-    for i in range(NUM_PROCESSES):
-        out = tmp_path / f"logits{i}.npy"
-        procs.append((out, subprocess.Popen(
-            [sys.executable, "-m", "tests.test_distributed", "WORKER", str(path), str(out)],
-            cwd=ROOT, env=dict(env, ROTAX_PROCESS_ID=str(i)),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
-    logs = []
-    deadline = time.monotonic() + WORKER_TIMEOUT_S
-    for _, proc in procs:
-        try:
-            logs.append(proc.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
-        except subprocess.TimeoutExpired:
-            for _, p in procs:
-                p.kill()
-            partial = [p.communicate()[0] for _, p in procs]
-            pytest.fail(f"workers did not finish in {WORKER_TIMEOUT_S}s; output:\n" + "\n---\n".join(partial))
-    for (_, proc), log in zip(procs, logs):
-        assert proc.returncode == 0, "\n".join(logs)
+    outs = [tmp_path / f"logits{i}.npy" for i in range(NUM_PROCESSES)]
+    procs = [multihost.start(["-m", "tests.test_distributed", "WORKER", str(path), str(out)], env)
+             for out, env in zip(outs, multihost.distributed_envs(NUM_PROCESSES, LOCAL_DEVICES))]
+    logs = multihost.wait(procs, WORKER_TIMEOUT_S)
     elapsed = time.monotonic() - start
 
     # one process, one device
     cfg, params = rotax.load_hf(path)
     reference = np.asarray(rotax.forward(cfg, params, TOKENS))
-    for i, (out, _) in enumerate(procs):
+    for i, out in enumerate(outs):
         got = np.load(out)
         assert got.shape == reference.shape
         err = np.max(np.abs(got - reference)) / np.max(np.abs(reference))
@@ -137,6 +104,7 @@ def _worker(path: str, out: str) -> None:
     from jax.experimental import multihost_utils
 
     import rotax
+    from rotax.host import to_host
 
     assert jax.local_device_count() == LOCAL_DEVICES, jax.local_devices()
     print(f"process {jax.process_index()} of {jax.process_count()}, "
@@ -150,8 +118,7 @@ def _worker(path: str, out: str) -> None:
     with jax.set_mesh(mesh):
         logits = rotax.forward(cfg, params, TOKENS)
     print(f"logits fully addressable: {logits.is_fully_addressable}", flush=True)
-    gathered = multihost_utils.process_allgather(logits, tiled=True)
-    np.save(out, np.asarray(gathered))
+    np.save(out, to_host(logits))  # all-gathered if sharded across the processes
     # export gathers each leaf on every process; only process 0 writes
     rotax.export_hf(cfg, params, Path(out).parent / "exported", source=path)
     multihost_utils.sync_global_devices("exported")

@@ -106,8 +106,8 @@ def run(args) -> int:
     out_dir = None
     if config.ppo.export_hf:
         out_dir = Path(config.run_dir) / "hf" / config.ppo.stage
-        export_hf_checkpoint(model_cfg, jax.device_get(result.state.params["policy"]), out_dir,
-                             source=source)
+        # device arrays: export gathers one tensor at a time (on every process when multi-host)
+        export_hf_checkpoint(model_cfg, result.state.params["policy"], out_dir, source=source)
         if jax.process_index() == 0:
             tokenizer.save_pretrained(out_dir)
     if jax.process_index() == 0:

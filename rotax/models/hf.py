@@ -21,6 +21,7 @@ import numpy as np
 from rotax.models.config import ModelConfig
 from rotax.models.decoder import param_shapes
 from rotax import sharding as sharding_lib
+from rotax.host import to_host
 
 log = logging.getLogger(__name__)
 
@@ -279,14 +280,6 @@ class ExportReport:
     files: list[str]
 
 
-def _host(x) -> jax.Array:
-    if getattr(x, "is_fully_addressable", True):
-        return jax.device_get(x)
-    from jax.experimental import multihost_utils
-
-    return multihost_utils.process_allgather(x, tiled=True)
-
-
 def export_hf_checkpoint(cfg: ModelConfig, params, out_dir, *, source=None,
                          max_shard_bytes: int = 4 << 30) -> ExportReport:
     """Writes an HF directory (config.json, safetensors shards + index, tokenizer files).
@@ -336,7 +329,7 @@ def _leaf_thunk(leaf, layer, name, reader):
         x = leaf if layer is None else leaf[layer]
         if reader is not None and name in reader.file_of:
             x = x.astype(reader.dtype(name))
-        return _host(x)
+        return to_host(x)  # collective when x spans processes: every process calls it
 
     return thunk
 

@@ -1,0 +1,84 @@
+"""Launching a multi-host JAX job on this machine: N processes × M CPU devices on localhost.
+
+:func:`launch` starts ``python <args...>`` once per process with the ``ROTAX_*`` variables
+:func:`rotax.distributed.maybe_initialize` reads (a free localhost port as the coordinator) and
+``--xla_force_host_platform_device_count=M``, waits for all of them and returns their combined
+stdout+stderr, or fails the test with every process's output. :func:`start` and :func:`wait`
+run other processes beside such a job (e.g. a single-process reference, concurrently).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER_VARIABLES = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "ROTAX_DISTRIBUTED",
+                     "ROTAX_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS", "ROTAX_NUM_PROCESSES",
+                     "ROTAX_PROCESS_ID")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def cpu_env(local_devices: int, xla_flags: str = "", **extra: str) -> dict:
+    """The environment of a CPU JAX process with ``local_devices`` devices and no cluster
+    variables (so a single process stays single)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"{xla_flags} --xla_force_host_platform_device_count={local_devices}".strip(),
+               **extra)
+    for name in CLUSTER_VARIABLES:
+        if name not in extra:
+            env.pop(name, None)
+    return env
+
+
+def distributed_envs(num_processes: int, local_devices: int, xla_flags: str = "") -> list[dict]:
+    """One environment per process of a ``jax.distributed`` job on localhost (process ``i``
+    gets ``ROTAX_PROCESS_ID=i``; a free port for the coordinator)."""
+    env = cpu_env(local_devices, xla_flags, ROTAX_COORDINATOR_ADDRESS=f"localhost:{free_port()}",
+                  ROTAX_NUM_PROCESSES=str(num_processes))
+    return [dict(env, ROTAX_PROCESS_ID=str(i)) for i in range(num_processes)]
+
+
+def start(args: Sequence[str], env: dict) -> subprocess.Popen:
+    """Starts ``python <args>`` in the repository root (stdout and stderr combined)."""
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait(procs: Sequence[subprocess.Popen], timeout: float) -> list[str]:
+    """Each process's output once all have exited; a test failure with every output if one
+    fails or they take longer than ``timeout`` seconds together."""
+    logs = []
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            logs.append(proc.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            partial = [p.communicate()[0] for p in procs]
+            pytest.fail(f"processes did not finish in {timeout}s; output:\n" + "\n---\n".join(partial))
+    if any(p.returncode != 0 for p in procs):
+        pytest.fail("\n".join(f"--- process {i} (exit {p.returncode}):\n{log}"
+                              for i, (p, log) in enumerate(zip(procs, logs))))
+    return logs
+
+
+def launch(args: Sequence[str], *, num_processes: int = 2, local_devices: int = 4,
+           xla_flags: str = "", timeout: float = 240) -> list[str]:
+    """Runs ``python <args>`` as ``num_processes`` processes of one ``jax.distributed`` job;
+    returns each process's output, in order."""
+    return wait([start(args, env) for env in distributed_envs(num_processes, local_devices, xla_flags)],
+                timeout)
