@@ -252,10 +252,14 @@ def config_from_dict(values: dict) -> ml_collections.ConfigDict:
 def write_resolved_config(config: ml_collections.ConfigDict, out_dir: str | os.PathLike,
                           name: str = "config") -> Path:
     """Writes ``<out_dir>/<name>.json`` (machine-readable) and ``<name>.txt`` (the repr);
-    returns the JSON path. Both are written atomically (temp file + rename)."""
+    returns the JSON path. Both are written atomically (temp file + rename), by process 0 only."""
+    import jax
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
+    if jax.process_index() != 0:
+        return path
     write_text_atomic(path, json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n")
     write_text_atomic(out_dir / f"{name}.txt", repr(config))
     return path

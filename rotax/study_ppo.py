@@ -7,8 +7,6 @@ import copy
 import json
 from pathlib import Path
 
-import jax
-
 
 def resolve_starts(starts, sft: dict) -> list[tuple[str, int]]:
     """``[(label, step)]`` for ``study.ppo_starts`` (``peak``/``mid``/``end``/``all``/steps)."""
@@ -87,7 +85,7 @@ def _train_one(ctx, run_label: str, start: str, step: int, seed: int) -> dict:
                             tokenizer=ctx.tokenizer, eval_hook=hook,
                             run_metadata={"source": str(ctx.base_dir), "sft_step": step})
     policy = result.state.params["policy"]
-    export_hf_checkpoint(ctx.model_cfg, jax.device_get(policy), run_dir / "final_hf", source=ctx.base_dir)
+    export_hf_checkpoint(ctx.model_cfg, policy, run_dir / "final_hf", source=ctx.base_dir)  # gathers per tensor
     final = ctx.evaluate_id_ood(policy, n=s.reset_hands, seeds=s.eval_seeds)
     return {"label": run_label, "start": start, "start_step": step, "seed": seed,
             "curve": curve, "final": final, "run_dir": str(run_dir),
