@@ -39,7 +39,9 @@ def optimizer_config() -> ml_collections.ConfigDict:
 
     learning_rate: peak learning rate. schedule: one of ``constant`` (linear warm-up, then
     constant), ``cosine`` (warm-up, cosine to ``end_learning_rate``), ``linear`` (warm-up,
-    linear to ``end_learning_rate``). warmup_fraction: warm-up length as a share of
+    linear to ``end_learning_rate``). decay_steps: the horizon of that decay (0 = num_steps; a
+    run may stop before it — the toy base stops at step 800 of a 1,200-step cosine).
+    warmup_fraction: warm-up length as a share of
     ``num_steps`` (used when ``warmup_steps`` is -1). b1, b2, eps, weight_decay: AdamW
     (decoupled decay on every parameter, as torch.optim.AdamW). max_grad_norm: global-norm
     clipping (<= 0 disables).
@@ -50,6 +52,7 @@ def optimizer_config() -> ml_collections.ConfigDict:
         "warmup_fraction": 0.03,
         "warmup_steps": -1,
         "end_learning_rate": 0.0,
+        "decay_steps": 0,
         "b1": 0.9,
         "b2": 0.98,
         "eps": 1e-7,
@@ -69,6 +72,7 @@ def make_schedule(section, num_steps: int) -> optax.Schedule:
     """Learning rate as a function of the step (``int32 [] -> float32 []``)."""
     peak, end = float(section.learning_rate), float(section.end_learning_rate)
     warm = warmup_steps(section, num_steps)
+    num_steps = int(section.get("decay_steps", 0) or num_steps)  # the decay's horizon
     if section.schedule not in SCHEDULES:
         raise ValueError(f"schedule {section.schedule!r}: choose one of {SCHEDULES}")
     if section.schedule == "cosine":

@@ -121,3 +121,23 @@ def test_small_real_fits_one_device_by_design():
     assert config.sft.batch_size // config.sft.grad_accum_steps == 8
     assert config.ppo.microbatch_size == 2
     assert math.isclose(config.sft.learning_rate, 1e-5)
+
+
+def test_decay_steps_sets_the_cosine_horizon():
+    # The toy base stops at step 800 of a 1,200-step cosine: lr(t) must follow the closed form
+    # peak->end over 1,200 steps after a 120-step linear warm-up, not over the run's 800.
+    from rotax.train_state import optimizer_config
+
+    section = optimizer_config()
+    section.update(dict(learning_rate=1.5e-3, end_learning_rate=1.5e-4, schedule="cosine",
+                        warmup_steps=120, decay_steps=1200))
+    schedule = make_schedule(section, 800)
+    for t in (0, 60, 120, 500, 800, 1200):
+        if t < 120:
+            expected = 1.5e-3 * t / 120
+        else:
+            frac = (t - 120) / (1200 - 120)
+            expected = 1.5e-4 + (1.5e-3 - 1.5e-4) * 0.5 * (1 + math.cos(math.pi * frac))
+        assert float(schedule(t)) == pytest.approx(expected, rel=1e-5), t
+    section.decay_steps = 0
+    assert float(make_schedule(section, 800)(800)) == pytest.approx(1.5e-4, rel=1e-5)
