@@ -72,7 +72,7 @@ def make_schedule(section, num_steps: int) -> optax.Schedule:
     """Learning rate as a function of the step (``int32 [] -> float32 []``)."""
     peak, end = float(section.learning_rate), float(section.end_learning_rate)
     warm = warmup_steps(section, num_steps)
-    num_steps = int(section.get("decay_steps", 0) or num_steps)  # the decay's horizon
+    num_steps = int(getattr(section, "decay_steps", 0) or num_steps)  # the decay's horizon
     if section.schedule not in SCHEDULES:
         raise ValueError(f"schedule {section.schedule!r}: choose one of {SCHEDULES}")
     if section.schedule == "cosine":
