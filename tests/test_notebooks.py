@@ -110,17 +110,18 @@ def test_explore_notebook_reproduces_the_study(smoke_run, tmp_path):
                       [EXPLORE_PROBE])
     got = printed_json(nb)
     sft, config = _stage(run_dir, "sft"), json.loads((run_dir / "config.json").read_text())
-    assert config["study"]["reset_reference"] == "peak"
-    peak, end = f"sft_{sft['peak_step']}", f"sft_{sft['end_step']}"
+    on_base = config["study"]["reset_reference"] == "base"
+    ref_name = "base" if on_base else f"sft_{sft['peak_step']}"
+    end = f"sft_{sft['end_step']}"
     labels = [r["label"] for r in _stage(run_dir, "ppo")["runs"]]
     assert got["names"] == ["base", *(f"sft_{s}" for s in sft["checkpoints"]), *(f"ppo_{x}" for x in labels)]
-    assert got["pair"] == [peak, end]
+    assert got["pair"] == [ref_name, end]
 
-    # spectra: the study's own analysis of the SFT end against the peak (same k, null, key)
+    # spectra: the study's own analysis of the SFT end against the reference (same k, null, key)
     spectra = got["spectra"]
     assert spectra and all(r["target"] == end for r in spectra)
-    if peak != end:
-        with open(run_dir / "analysis" / "vs_peak" / "metrics.csv") as f:
+    if ref_name != end:
+        with open(run_dir / "analysis" / ("vs_base" if on_base else "vs_peak") / "metrics.csv") as f:
             study_rows = [r for r in csv.DictReader(f) if r["target"] == end]
         assert [r["tensor"] for r in spectra] == [r["tensor"] for r in study_rows]
         for mine, theirs in zip(spectra, study_rows):
@@ -135,7 +136,7 @@ def test_explore_notebook_reproduces_the_study(smoke_run, tmp_path):
     grid = {r["name"]: r for r in _stage(run_dir, "resets")["rows"]}
     reference, target, merged = got["comparison"]
     assert [reference["name"], target["name"], merged["name"]] == [
-        f"reference: {peak}", f"target: {end}", "UV merge top 20% (layers all)"]
+        f"reference: {ref_name}", f"target: {end}", "UV merge top 20% (layers all)"]
     for row, study_row in ((target, grid["SFT end (no reset)"]), (merged, grid["UV merge top 20%"])):
         assert (row["id"], row["ood"]) == (study_row["id"], study_row["ood"]), row["name"]
     n = config["study"]["reset_hands"] * len(config["study"]["eval_seeds"])
