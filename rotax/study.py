@@ -66,12 +66,14 @@ def apply_preset(config) -> None:
         raise ValueError(f"study.preset {config.study.preset!r}: choose '' or 'smoke'")
     s = config.study
     s.eval_hands, s.reset_hands, s.probe_hands, s.eval_seeds = 32, 64, 32, (0,)
-    s.attempts, s.sft_pool_hands, s.ppo_starts = 2, 256, ("peak", "end")
+    # two attempts (not the toy's one) so the smoke run also exercises revision episodes
+    s.attempts, s.sft_pool_hands, s.ppo_starts, s.ppo_seeds = 2, 256, ("peak", "end"), 1
     s.autoselect_layers, s.autoselect_ranks, s.null_seeds = ("first 25%", "last 25%"), (0.2,), 1
     config.pretrain.num_steps, config.pretrain.checkpoint_every = 60, 60
+    config.pretrain.decay_steps = 0
     config.sft.num_steps, config.sft.checkpoint_every, config.sft.eval_every = 40, 20, 20
     config.ppo.num_updates, config.ppo.checkpoint_every = 2, 2
-    config.ppo.episodes_per_update = 16
+    config.ppo.episodes_per_update, config.ppo.attempts = 16, 2
 
 
 def _stage_file(run_dir: Path, stage: str) -> Path:
