@@ -133,6 +133,26 @@ class CheckpointStore:
             return step, state, metadata
         return None
 
+    def resume(self, abstract_state, *, resume: bool, unit: str = "step",
+               other_run: str = "choose another run_dir") -> tuple[int, Any, dict]:
+        """``(start, state, metadata)`` for a training loop: the newest usable checkpoint, or
+        ``(0, None, {})`` when there is none (damaged ones are skipped with a warning). Raises
+        ValueError when checkpoints exist but ``resume`` is false (``other_run`` says what else
+        to do), or when a checkpoint's ``state.step`` is not its ``unit`` number."""
+        if not self.steps():
+            return 0, None, {}
+        if not resume:
+            raise ValueError(f"{self.directory} already holds checkpoints {self.steps()}; pass "
+                             f"--resume to continue, or {other_run}")
+        restored = self.restore_latest(abstract_state)
+        if restored is None:
+            log.warning("no usable checkpoint in %s; starting from %s 0", self.directory, unit)
+            return 0, None, {}
+        start, state, metadata = restored
+        if int(state.step) != start:
+            raise ValueError(f"checkpoint {start} holds state.step={int(state.step)}")
+        return start, state, metadata
+
 
 # ---------------------------------------------------------------- manifests
 

@@ -129,18 +129,8 @@ def train(config, model_cfg, init_policy, env: Environment, *, mesh=None, resume
     write_resolved_config(config, config.run_dir, name=f"config_{stage}")
     store = CheckpointStore(config.run_dir, stage, keep=cfg_ppo.keep_checkpoints or None,
                             async_save=cfg_ppo.async_checkpointing)
-    start, state = 0, None
-    if store.steps():
-        if not resume:
-            raise ValueError(f"{store.directory} already holds checkpoints {store.steps()}; pass "
-                             f"--resume to continue, or choose another run_dir or ppo.stage")
-        restored = store.restore_latest(abstract)
-        if restored is None:
-            log.warning("no usable checkpoint in %s; starting from update 0", store.directory)
-        else:
-            start, state, _ = restored
-            if int(state.step) != start:
-                raise ValueError(f"checkpoint {start} holds state.step={int(state.step)}")
+    start, state, _ = store.resume(abstract, resume=resume, unit="update",
+                                   other_run="choose another run_dir or ppo.stage")
     load_policy = init_policy if callable(init_policy) else (lambda: init_policy)
     if state is None:
         head_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), VALUE_HEAD_STREAM)

@@ -92,19 +92,8 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
     write_resolved_config(config, config.run_dir)
     store = CheckpointStore(config.run_dir, STAGE, keep=sft.keep_checkpoints or None,
                             async_save=sft.async_checkpointing)
-    start, state, best = 0, None, None
-    if store.steps():
-        if not resume:
-            raise ValueError(f"{store.directory} already holds checkpoints {store.steps()}; pass "
-                             f"--resume to continue, or choose another run_dir")
-        restored = store.restore_latest(abstract)
-        if restored is None:
-            log.warning("no usable checkpoint in %s; starting from step 0", store.directory)
-        else:
-            start, state, metadata = restored
-            best = metadata.get("sft_max_ood")
-            if int(state.step) != start:
-                raise ValueError(f"checkpoint {start} holds state.step={int(state.step)}")
+    start, state, metadata = store.resume(abstract, resume=resume)
+    best = metadata.get("sft_max_ood")
     if state is None:
         state = init_train_state(params() if callable(params) else params, optimizer, config.seed, shardings)
     update_run_metadata(config.run_dir, **run_metadata, sft_max_ood=best)
@@ -119,6 +108,9 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
     logger = RunLogger(config.run_dir, STAGE, start_step=start, total_steps=sft.num_steps,
                        progress=sft.progress)
 
+    # the study's uneven checkpoint lists (0, 90, 140, 200, 300, ...): saved and evaluated
+    explicit_steps = frozenset(int(x) for x in sft.get("checkpoint_steps", ()))
+
     def observe(step: int) -> dict:
         """Evaluation hook and probe losses due at ``step``; updates ``best``."""
         nonlocal best
@@ -126,7 +118,7 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
         if probe_sets and sft.probe_every and step % sft.probe_every == 0:
             out.update(evaluate_probes(eval_loss, state.params, probe_sets))
             logger.log(step, out, group="probe")
-        if eval_hook is not None and sft.eval_every and step % sft.eval_every == 0:
+        if eval_hook is not None and (_every(step, sft.eval_every) or step in explicit_steps):
             results = {k: float(v) for k, v in eval_hook(state.params, step).items()}
             logger.log(step, results, group="eval")
             out.update(results)
@@ -149,7 +141,7 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
     try:
         if start == 0:
             observed = observe(0)
-            if sft.checkpoint_initial:
+            if sft.checkpoint_initial or 0 in explicit_steps:
                 save(0, observed)
         for index in range(start, sft.num_steps):
             began = time.perf_counter()
@@ -170,12 +162,16 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
             logger.log(step, metrics)
             logger.progress(step, loss=metrics["loss"], tok_s=round(metrics["tokens_per_second"]))
             observed = observe(step)
-            if step == sft.num_steps or (sft.checkpoint_every and step % sft.checkpoint_every == 0):
+            if step == sft.num_steps or _every(step, sft.checkpoint_every) or step in explicit_steps:
                 save(step, {**metrics, **observed})
     finally:
         store.close()
         logger.close()
     return SFTResult(state, sft.num_steps, metrics, best, store.steps())
+
+
+def _every(step: int, every: int) -> bool:
+    return bool(every) and step % every == 0
 
 
 def host_params(state) -> dict:
