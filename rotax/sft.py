@@ -33,7 +33,8 @@ def default_config() -> ml_collections.ConfigDict:
     step; batch_size must divide by it), the optimizer keys of
     :func:`rotax.train_state.optimizer_config` (AdamW 0.9/0.98, eps 1e-7, wd 0, lr 1e-6, 3%
     linear warm-up then constant; ``schedule`` selects cosine/linear), checkpoint_every
-    (steps; 0 = only the last), checkpoint_initial (also save step 0), keep_checkpoints
+    (steps; 0 = only the last), checkpoint_steps (explicit extra steps, each saved and
+    evaluated — the study's uneven lists), checkpoint_initial (also save step 0), keep_checkpoints
     (0 = keep all), async_checkpointing, eval_every (steps between evaluation-hook calls,
     0 = never; make it a multiple of checkpoint_every so every evaluated step has a
     checkpoint), probe_every (loss on the ID/OOD probe sets), select_metric (the eval metric
@@ -48,6 +49,7 @@ def default_config() -> ml_collections.ConfigDict:
         "grad_accum_steps": 1,
         "checkpoint_every": 100,
         "checkpoint_initial": True,
+        "checkpoint_steps": (),
         "keep_checkpoints": 0,
         "async_checkpointing": True,
         "eval_every": 100,

@@ -252,3 +252,24 @@ def test_sharded_runs_match_one_device(llama_dir, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1x4x2: matches 1 device" in proc.stdout and "2x4x1: matches 1 device" in proc.stdout
     assert "restored onto 2x4x1: identical" in proc.stdout
+
+
+def test_checkpoint_steps_save_and_evaluate_exactly_those_steps(llama_dir, tmp_path):
+    """The study's uneven lists: sft.checkpoint_steps (with checkpoint_every/eval_every off)
+    saves and evaluates at exactly those steps, plus the last step's checkpoint."""
+    from rotax import base_model
+
+    config = sft_run_check.tiny_config(tmp_path / "run", llama_dir, 6, checkpoint_every=0,
+                                       checkpoint_initial=False, checkpoint_steps=(0, 1, 4))
+    cfg = base_model.model_config(config.model, config.model.path)
+    evaluated = []
+
+    def hook(params, step):
+        evaluated.append(int(step))
+        return {"ood_accuracy": 0.0}
+
+    load = lambda: base_model.load_base(config.model, sft_loop.mesh_from_config(config), config.run_dir)[1]  # noqa: E731
+    sft_loop.train(config, cfg, load, lambda seed, step: sft_run_check.random_batch(seed, step, rows=8),
+                   eval_hook=hook, compiler_options=FAST_COMPILE)
+    assert evaluated == [0, 1, 4]
+    assert CheckpointStore(config.run_dir, "sft").steps() == [0, 1, 4, 6]

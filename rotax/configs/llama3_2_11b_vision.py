@@ -20,6 +20,8 @@ STUDY_PEAK_STEP, STUDY_END_STEP = 140, 1100
 
 def get_config():
     # PPO: the reference collects 128 turns per process on 4 processes per update.
-    return study_config(run_dir="runs/llama3_2_11b_vision", sft_steps=1600, ppo_updates=100,
+    config = study_config(run_dir="runs/llama3_2_11b_vision", sft_steps=1600, ppo_updates=100,
                         episodes_per_update=128, ppo_minibatch=4 * 128, ppo_every=10,
                         ppo_starts=("peak", STUDY_END_STEP))
+    config.sft.checkpoint_steps = STUDY_SFT_CHECKPOINTS  # saved and evaluated
+    return config

@@ -19,6 +19,7 @@ def get_config():
                           episodes_per_update=32, ppo_minibatch=128, ppo_every=20,
                           rollout_batch_size=16)
     config.sft.grad_accum_steps = 8
+    config.sft.checkpoint_steps = STUDY_SFT_CHECKPOINTS
     config.sft.learning_rate = 1e-5
     config.sft.eval_batch_size = 32
     config.ppo.microbatch_size = 2
