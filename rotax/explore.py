@@ -26,7 +26,8 @@ import numpy as np
 
 from rotax import resets, spectral, spectral_plots
 from rotax.selectors import Selector
-from rotax.study_stages import StudyContext
+from rotax.study_stages import TEST_SEED_OFFSET, StudyContext
+from rotax.subspace import rank_setting
 
 RESETS = ("uv_merge", "triplet_swap", "sigma_only", "reset_layers")
 _RESET_TITLES = {"uv_merge": "UV merge", "triplet_swap": "triplet swap", "sigma_only": "Σ-only",
@@ -82,7 +83,7 @@ class Explorer:
         reference, target = reference or self.reference, target or self.target
         s = self.study
         return spectral.analyze(self.params(reference), {target: self.params(target)},
-                                k=s.analysis_k if k is None else k,
+                                k=rank_setting(s.analysis_k) if k is None else k,
                                 null_seeds=s.null_seeds if null_seeds is None else null_seeds,
                                 key=jax.random.key(self.ctx.config.seed),
                                 layer_ids=self.model_cfg.layer_ids)
@@ -136,7 +137,7 @@ class Explorer:
         key = (cache_key, hands, seeds)
         if cache_key is not None and key in self._scores:
             return self._scores[key]
-        acc = self.ctx.evaluate_id_ood(params, n=hands, seeds=seeds)
+        acc = self.ctx.evaluate_id_ood(params, n=hands, seeds=seeds, seed_offset=TEST_SEED_OFFSET)
         if cache_key is not None:
             self._scores[key] = acc
         return acc

@@ -34,7 +34,8 @@ def default_config() -> ml_collections.ConfigDict:
     attempts / max_new_tokens: the revision episode. ppo_starts: which SFT checkpoints PPO
     starts from (``peak``, ``mid``, ``end`` or step numbers; ``all`` for every checkpoint).
     ppo_seeds: PPO runs per start. reset_reference: ``peak`` (the study's SFT_MaxOOD) or
-    ``base``. null_seeds: matched-norm null draws per matrix. analysis_k: top-subspace rank.
+    ``base``. null_seeds: matched-norm null draws per matrix. analysis_k: top-subspace size, a fraction in
+    [0, 1] or a whole rank above 1 (``--config.study.analysis_k=64``).
     """
     return ml_collections.ConfigDict({
         "preset": "",

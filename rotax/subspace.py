@@ -49,6 +49,22 @@ def resolve_rank(k: int | float, n: int) -> int:
     return k
 
 
+def rank_setting(value) -> int | float:
+    """A config value as :func:`resolve_rank` reads it: ml_collections stores an int given for
+    a float field as a float, so an integral value above 1 (``64`` or ``64.0``) is a rank and
+    anything in ``[0, 1]`` a fraction."""
+    if isinstance(value, bool):
+        raise ValueError(f"rank setting {value!r} must be a rank or a fraction")
+    if isinstance(value, int):
+        return value
+    value = float(value)
+    if value > 1.0:
+        if not value.is_integer():
+            raise ValueError(f"rank setting {value}: above 1 it must be a whole rank")
+        return int(value)
+    return value
+
+
 def band_edges(n: int, bands: tuple[float, float]) -> tuple[int, int]:
     """``(head_end, tail_start)`` for head/middle/tail bands of ``n`` indices: the head is the
     first ``bands[0]`` fraction, the tail the last ``bands[1]`` fraction (each at least one

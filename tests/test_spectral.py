@@ -206,6 +206,12 @@ def test_rank_and_band_resolution():
         subspace.resolve_rank(11, 10)
     with pytest.raises(ValueError):
         subspace.resolve_rank(1.5, 10)
+    # config values: ml_collections turns --config.study.analysis_k=64 into 64.0 (a float field)
+    assert subspace.rank_setting(64.0) == 64 and isinstance(subspace.rank_setting(64.0), int)
+    assert subspace.rank_setting(0.2) == 0.2 and subspace.rank_setting(3) == 3
+    assert subspace.resolve_rank(subspace.rank_setting(1.0), 10) == 10  # 1.0 = the whole basis
+    with pytest.raises(ValueError):
+        subspace.rank_setting(2.5)
 
 
 def test_plots_write_pngs(tmp_path, result):
