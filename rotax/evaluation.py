@@ -53,6 +53,22 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return low, high
 
 
+def difference_interval(k1: int, n1: int, k2: int, n2: int,
+                        confidence: float = 0.95) -> tuple[float, float]:
+    """Newcombe's hybrid score interval for p1 − p2 of two independent proportions (his
+    method 10, built from the two Wilson intervals): with d = p̂1 − p̂2,
+    ``(d − sqrt((p̂1−l1)² + (u2−p̂2)²), d + sqrt((u1−p̂1)² + (p̂2−l2)²))``. The study uses it to
+    say whether an OOD loss or recovery is larger than the evaluation noise."""
+    if n1 == 0 or n2 == 0:
+        return math.nan, math.nan
+    p1, p2 = k1 / n1, k2 / n2
+    l1, u1 = wilson_interval(k1, n1, confidence)
+    l2, u2 = wilson_interval(k2, n2, confidence)
+    d = p1 - p2
+    return (d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2),
+            d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
+
+
 @dataclasses.dataclass(frozen=True)
 class Proportion:
     """``count`` of ``n`` with its estimate and 95% Wilson interval ``[low, high]``."""

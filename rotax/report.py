@@ -8,7 +8,8 @@ Summary schema (all accuracies are fractions in [0, 1]; ``ci`` is a 95% Wilson i
    "figures": [{"path", "caption"}], "notes": [str]}`` where a row is
 ``{"name", "kind", "id": {"mean", "ci"}, "ood": {"mean", "ci"}, "recovered": float | None,
    "seconds": float | None, "detail": str}`` and a claim is
-``{"claim", "verdict": "supported" | "not supported" | "mixed" | "not tested", "evidence"}``.
+``{"claim", "verdict": "supported" | "not supported" | "mixed" | "not tested" | "not testable"
+(the effect to explain is within the evaluation noise) | "reported", "evidence"}``.
 """
 
 from __future__ import annotations

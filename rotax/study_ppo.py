@@ -77,7 +77,6 @@ def _train_one(ctx, run_label: str, start: str, step: int, seed: int) -> dict:
     config.seed = ctx.config.seed + 100 * seed
     run_dir = ctx.run_dir / "ppo" / run_label
     config.run_dir = str(run_dir)
-    s = ctx.config.study
     curve, hook = tracked_curve(ctx, run_dir / "curve.jsonl")
 
     result = ppo_loop.train(config, ctx.model_cfg, lambda: ctx.sft_params(step), _environment(ctx, seed),
@@ -86,7 +85,7 @@ def _train_one(ctx, run_label: str, start: str, step: int, seed: int) -> dict:
                             run_metadata={"source": str(ctx.base_dir), "sft_step": step})
     policy = result.state.params["policy"]
     export_hf_checkpoint(ctx.model_cfg, policy, run_dir / "final_hf", source=ctx.base_dir)  # gathers per tensor
-    final = ctx.evaluate_id_ood(policy, n=s.reset_hands, seeds=s.eval_seeds)
+    final = ctx.evaluate_test(policy)
     return {"label": run_label, "start": start, "start_step": step, "seed": seed,
             "curve": curve, "final": final, "run_dir": str(run_dir),
             "policy_dir": str(run_dir / "final_hf"), "updates": result.updates,

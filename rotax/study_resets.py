@@ -59,8 +59,11 @@ def run_reset_grid(ctx, outputs: dict) -> dict:
     reference = ctx.base_params() if s.reset_reference == "base" else ctx.sft_params(sft["peak_step"])
     cfg = ctx.model_cfg
     kw = {"layer_ids": cfg.layer_ids, "num_hidden_layers": cfg.num_hidden_layers}
-    evaluate = lambda p: ctx.evaluate_id_ood(p, n=s.reset_hands, seeds=s.eval_seeds)  # noqa: E731
+    evaluate = ctx.evaluate_test
+    # the peak on the same test hands: the denominator of "% of lost OOD recovered"
+    peak = target if sft["peak_step"] == sft["end_step"] else ctx.sft_params(sft["peak_step"])
     rows = [_row("SFT end (no reset)", "target", f"step {sft['end_step']}", evaluate(target), 0.0),
+            _row("SFT peak-OOD (no reset)", "peak", f"step {sft['peak_step']}", evaluate(peak), 0.0),
             _row("reset k=0 (identity check)", "uv", "UV merge with k=0",
                  evaluate(resets.uv_merge(target, reference, Selector(), 0, **kw)), 0.0)]
     for name, kind, detail, fn in reset_variants(cfg.num_hidden_layers, not cfg.tie_word_embeddings):
@@ -102,6 +105,6 @@ def run_autoselect(ctx, outputs: dict) -> dict:
     best_index = max(range(len(scored)), key=lambda i: (scored[i]["probe_ood"], scored[i]["probe_id"]))
     search_seconds = time.perf_counter() - began
     chosen = candidates[best_index][1](target, reference)
-    test = ctx.evaluate_id_ood(chosen, n=s.reset_hands, seeds=s.eval_seeds)
+    test = ctx.evaluate_test(chosen)
     return {"chosen": scored[best_index]["name"], "candidates": scored, "search_seconds": search_seconds,
             "test": test}

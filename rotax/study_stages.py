@@ -20,6 +20,10 @@ from rotax.study_eval import evaluate_accuracy, study_hands
 from rotax.tasks.points import STANDARD_RANKS, Rule
 
 
+#: Hand-set seeds: curves use 1000 + seed, the final test sets 1000 + 100 + seed (disjoint).
+TEST_SEED_OFFSET = 100
+
+
 class StudyContext:
     """Config, run directory, mesh, tokenizer and renderer shared by the stages."""
 
@@ -77,6 +81,13 @@ class StudyContext:
     def evaluate_id_ood(self, params, *, n: int, seeds, seed_offset: int = 0) -> dict:
         return {"id": self.evaluate(params, Rule.ID, n=n, seeds=seeds, seed_offset=seed_offset),
                 "ood": self.evaluate(params, Rule.OOD, n=n, seeds=seeds, seed_offset=seed_offset)}
+
+    def evaluate_test(self, params) -> dict:
+        """ID/OOD on the final test sets (``reset_hands`` × ``eval_seeds``), whose hands are
+        disjoint from the curve hands the peak-OOD checkpoint was picked on (no winner's curse)
+        and from the auto-select probe hands."""
+        s = self.config.study
+        return self.evaluate_id_ood(params, n=s.reset_hands, seeds=s.eval_seeds, seed_offset=TEST_SEED_OFFSET)
 
 
 def _with_path(model_section, path):
@@ -164,6 +175,7 @@ def stage_analysis(ctx: StudyContext, outputs: dict) -> dict:
     """Every SFT checkpoint (and PPO end points) against the base and the peak-OOD checkpoint,
     each metric beside its matched-norm null."""
     from rotax import spectral, spectral_plots
+    from rotax.subspace import rank_setting
 
     s, sft = ctx.config.study, outputs["sft"]
     out_dir = ctx.run_dir / "analysis"
@@ -175,7 +187,7 @@ def stage_analysis(ctx: StudyContext, outputs: dict) -> dict:
     files, summaries = [], {}
     for ref_name, reference in references.items():
         chosen = {k: v for k, v in targets.items() if k != f"sft_{sft['peak_step']}" or ref_name != "peak"}
-        result = spectral.analyze(reference, chosen, k=s.analysis_k, null_seeds=s.null_seeds,
+        result = spectral.analyze(reference, chosen, k=rank_setting(s.analysis_k), null_seeds=s.null_seeds,
                                   key=jax.random.key(ctx.config.seed), layer_ids=ctx.model_cfg.layer_ids,
                                   progress=s.progress)
         sub = out_dir / f"vs_{ref_name}"

@@ -44,12 +44,16 @@ def build_summary(ctx, outputs: dict) -> dict:
     base_eval = outputs["base"]["eval"]
     rows_by_name = {r["name"]: r for r in resets_out.get("rows", [])}
     end_row = rows_by_name.get("SFT end (no reset)")
+    peak_row = rows_by_name.get("SFT peak-OOD (no reset)")
     peak, end = curve.get(sft["peak_step"]), curve.get(sft["end_step"])
-    peak_ood, end_ood = peak["ood"]["mean"], (end_row or end)["ood"]["mean"]
+    # peak and end on the same test hands when the reset stage measured them
+    peak_ood, end_ood = (peak_row or peak)["ood"]["mean"], (end_row or end)["ood"]["mean"]
 
     def row(name, kind, acc_id, acc_ood, detail="", seconds=None):
+        # a recovered share is about edits and PPO, not about the base or the SFT curve rows
+        recovered = None if kind in ("base", "sft") else recovered_fraction(None, peak_ood, end_ood, acc_ood["mean"])
         return {"name": name, "kind": kind, "id": _cell(acc_id), "ood": _cell(acc_ood),
-                "recovered": recovered_fraction(None, peak_ood, end_ood, acc_ood["mean"]),
+                "recovered": recovered,
                 "seconds": seconds, "detail": detail}
 
     table = [row("base", "base", base_eval["id"], base_eval["ood"], f"{ctx.config.study.eval_hands} hands"),

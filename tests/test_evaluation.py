@@ -177,3 +177,12 @@ def test_eval_command_end_to_end(tmp_path, tok):
     lines = [json.loads(line) for line in episodes.read_text().splitlines()]
     assert 3 <= len(lines) <= 6 and {line["hand_index"] for line in lines} == {0, 1, 2}
     assert main(["eval", "--model", str(tmp_path), "--split", "id"]) == 2  # not an HF directory
+
+
+@pytest.mark.parametrize("k1,n1,k2,n2,low,high", [
+    # Newcombe (1998), Stat. Med. 17:873-890, Table II, method 10 (hybrid score)
+    (56, 70, 48, 80, 0.0524, 0.3339),
+    (9, 10, 3, 10, 0.1705, 0.8090),
+])
+def test_difference_interval_matches_newcombe_1998(k1, n1, k2, n2, low, high):
+    assert evaluation.difference_interval(k1, n1, k2, n2) == pytest.approx((low, high), abs=1e-4)
