@@ -77,9 +77,14 @@ def claims(ctx, outputs: dict, table: list) -> list[dict]:
         means = {start: (sum(r["ood"]["mean"] for r in rows) / len(rows),
                          _mean_or_none([r["recovered"] for r in rows]), len(rows))
                  for start, rows in by_start.items()}
-        best = max(means.values(), key=lambda m: m[1] if m[1] is not None else -9)[1] if means else None
+        # restoring needs something lost: judge the starts after the peak (PPO from the peak
+        # itself starts with nothing to restore); all starts when there is none
+        steps = {run["start"]: run["start_step"] for run in outputs.get("ppo", {}).get("runs", [])}
+        judged = {k: m for k, m in means.items() if steps.get(k, 0) > sft["peak_step"]} or means
+        best = max(judged.values(), key=lambda m: m[1] if m[1] is not None else -9)[1] if judged else None
         text = "; ".join(f"from {start} ({n} seed{'s' if n > 1 else ''}): mean OOD {_pct(ood)}, "
                          f"mean recovered {_pct(rec)}" for start, (ood, rec, n) in means.items())
+        text += f"; verdict from the start{'s' if len(judged) > 1 else ''} {', '.join(judged)}"
         out.append({"claim": "PPO on ID hands restores most of the OOD accuracy SFT lost",
                     "verdict": recovery_verdict(best), "evidence": text + "." + noise})
     else:
