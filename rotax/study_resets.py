@@ -56,12 +56,12 @@ def _row(name, kind, detail, acc, seconds):
 def run_reset_grid(ctx, outputs: dict) -> dict:
     s, sft = ctx.config.study, outputs["sft"]
     target = ctx.sft_params(sft["end_step"])
-    reference = ctx.base_params() if s.reset_reference == "base" else ctx.sft_params(sft["peak_step"])
+    # the peak is also measured on the test hands: the denominator of "% of lost OOD recovered"
+    peak = ctx.sft_params(sft["peak_step"])
+    reference = ctx.base_params() if s.reset_reference == "base" else peak
     cfg = ctx.model_cfg
     kw = {"layer_ids": cfg.layer_ids, "num_hidden_layers": cfg.num_hidden_layers}
     evaluate = ctx.evaluate_test
-    # the peak on the same test hands: the denominator of "% of lost OOD recovered"
-    peak = target if sft["peak_step"] == sft["end_step"] else ctx.sft_params(sft["peak_step"])
     rows = [_row("SFT end (no reset)", "target", f"step {sft['end_step']}", evaluate(target), 0.0),
             _row("SFT peak-OOD (no reset)", "peak", f"step {sft['peak_step']}", evaluate(peak), 0.0),
             _row("reset k=0 (identity check)", "uv", "UV merge with k=0",

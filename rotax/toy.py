@@ -96,7 +96,8 @@ def pretraining_source(tokenizer, renderer, *, batch_size: int, bucket: int, max
     """Fresh hands from the toy deck under the base's rule mix (:func:`pretraining_rule`), each
     with one deterministic solution (``sorted``: the canonical solution of the sorted values, a
     function of the scratchpad): one target per value multiset is far easier for a 0.8M model
-    than a uniform choice among all solutions (measured: ID 10% / OOD 6% after 600 steps)."""
+    than a uniform choice among all solutions (measured after 600 steps, ID / OOD: random
+    10% / 6%, hand-order canonical 18% / 6%, sorted 49% / 19%)."""
     from rotax.sft_data import GeneralPointsSource, tokenizer_encoder
     from rotax.tasks.points import Deal
     from rotax.tokenizer import pad_id
