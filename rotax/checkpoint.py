@@ -122,16 +122,31 @@ class CheckpointStore:
 
     def restore_latest(self, abstract_state) -> tuple[int, Any, dict] | None:
         """``(step, state, metadata)`` of the newest checkpoint that verifies and restores;
-        damaged ones are skipped with a warning. None when there is no usable checkpoint."""
+        damaged ones are skipped with a warning. None when there is no usable checkpoint.
+        On several processes a step is used only if its manifest verifies on every process,
+        so all of them restore the same step (restoring is collective)."""
         for step in reversed(self.steps()):
+            if not _on_every_process(self._verifies(step)):
+                continue
             try:
                 state, metadata = self.restore(step, abstract_state)
             except CorruptCheckpointError as err:
-                log.warning("skipping damaged checkpoint %s: %s", self.path(step), err)
-                print(f"warning: skipping damaged checkpoint {self.path(step)}: {err}", flush=True)
+                self._skip(step, err)
                 continue
             return step, state, metadata
         return None
+
+    def _verifies(self, step: int) -> bool:
+        try:
+            verify_manifest(self.path(step))
+        except CorruptCheckpointError as err:
+            self._skip(step, err)
+            return False
+        return True
+
+    def _skip(self, step: int, err: Exception) -> None:
+        log.warning("skipping damaged checkpoint %s: %s", self.path(step), err)
+        print(f"warning: skipping damaged checkpoint {self.path(step)}: {err}", flush=True)
 
     def resume(self, abstract_state, *, resume: bool, unit: str = "step",
                other_run: str = "choose another run_dir") -> tuple[int, Any, dict]:
@@ -152,6 +167,16 @@ class CheckpointStore:
         if int(state.step) != start:
             raise ValueError(f"checkpoint {start} holds state.step={int(state.step)}")
         return start, state, metadata
+
+
+def _on_every_process(flag: bool) -> bool:
+    """``flag`` and-ed over all processes (a collective when there are several)."""
+    if jax.process_count() == 1:
+        return flag
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 # ---------------------------------------------------------------- manifests
