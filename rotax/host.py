@@ -6,6 +6,9 @@
 * :func:`to_global` — host numpy arrays → global ``jax.Array``s in given shardings. Every
   process holds the same host value and places only its own slices
   (``jax.make_array_from_callback``): no transfer between processes, no equality check.
+* :func:`check_same_on_every_process` — that equality check, on a fingerprint: processes whose
+  host data differ (another data file, seed or tokenizer) would otherwise train on a silent
+  mixture of rows.
 
 Both are SPMD calls: when any leaf spans several processes every process must make the same
 call with the same tree structure (like calling a jitted function). On one process they are
@@ -14,6 +17,7 @@ call with the same tree structure (like calling a jitted function). On one proce
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import jax
@@ -60,3 +64,31 @@ def to_global(tree: Any, shardings: Any) -> Any:
         return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
     return jax.tree.map(place, tree, shardings)
+
+
+def fingerprint(tree: Any) -> np.ndarray:
+    """A 128-bit digest (4 × uint32) of a tree of host arrays: structure, shapes, dtypes, bytes."""
+    leaves, treedef = jax.tree.flatten(tree)
+    digest = hashlib.blake2b(str(treedef).encode(), digest_size=16)
+    for leaf in leaves:
+        leaf = np.ascontiguousarray(leaf)
+        digest.update(f"{leaf.dtype.str}{leaf.shape}".encode())
+        digest.update(leaf.tobytes())
+    return np.frombuffer(digest.digest(), np.uint32).copy()
+
+
+def check_same_on_every_process(tree: Any, what: str) -> None:
+    """Raises ``ValueError`` naming ``what`` and the disagreeing processes unless every process
+    holds the same host ``tree``. A collective on several processes (all must call it); free on
+    one."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    digests = np.asarray(multihost_utils.process_allgather(fingerprint(tree)))  # [processes, 4]
+    differ = [i for i in range(len(digests)) if not np.array_equal(digests[i], digests[0])]
+    if differ:
+        raise ValueError(
+            f"{what} differs between processes: process(es) {differ} hold other values than "
+            f"process 0 (every process must build the same host data: same data files, seeds, "
+            f"tokenizer and config)")

@@ -18,7 +18,7 @@ import jax
 
 from rotax import sharding as sharding_lib
 from rotax.checkpoint import CheckpointStore, update_run_metadata
-from rotax.host import to_global, to_host
+from rotax.host import check_same_on_every_process, to_global, to_host
 from rotax.metrics import RunLogger, tokens_per_second
 from rotax.models.decoder import param_shapes
 from rotax.run_config import config_to_dict, mesh_shape, write_resolved_config
@@ -103,6 +103,7 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
     eval_loss = make_eval_loss(model_cfg, mesh, shardings.params, compiler_options) \
         if probe_sets else None
     batch_shardings = train_batch_shardings(mesh)
+    check_same_on_every_process(probe_sets or {}, "the probe batches")
     probe_sets = {name: [to_global(prepare_batch(b), batch_shardings) for b in batches]
                   for name, batches in (probe_sets or {}).items()}
     logger = RunLogger(config.run_dir, STAGE, start_step=start, total_steps=sft.num_steps,
@@ -145,11 +146,14 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
                 save(0, observed)
         for index in range(start, sft.num_steps):
             began = time.perf_counter()
+            step = index + 1
+            due = step == sft.num_steps or _every(step, sft.checkpoint_every) or step in explicit_steps
             batch = prepare_batch(source(config.seed, index), sft.grad_accum_steps)
+            if index == start or due:  # cheap, but a collective: not every step
+                check_same_on_every_process(batch, f"SFT batch {index} (seed {config.seed})")
             batch = to_global(batch, batch_shardings)  # each process places its own rows
             state, device_metrics = step_fn(state, batch)
             metrics = {k: float(v) for k, v in to_host(device_metrics).items()}
-            step = index + 1
             if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
                 store.wait()
                 last = store.steps()[-1] if store.steps() else None
@@ -162,7 +166,7 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
             logger.log(step, metrics)
             logger.progress(step, loss=metrics["loss"], tok_s=round(metrics["tokens_per_second"]))
             observed = observe(step)
-            if step == sft.num_steps or _every(step, sft.checkpoint_every) or step in explicit_steps:
+            if due:
                 save(step, {**metrics, **observed})
     finally:
         store.close()
