@@ -28,7 +28,7 @@ import numpy as np
 from rotax import ppo as ppo_lib
 from rotax import sharding as sharding_lib
 from rotax.checkpoint import CheckpointStore, update_run_metadata
-from rotax.host import to_global, to_host
+from rotax.host import check_same_on_every_process, to_global, to_host
 from rotax.metrics import RunLogger, tokens_per_second
 from rotax.rollout import Environment, Rollout, build_buffer, buffer_rows
 from rotax.run_config import config_to_dict, mesh_shape, write_resolved_config
@@ -175,6 +175,9 @@ def train(config, model_cfg, init_policy, env: Environment, *, mesh=None, resume
             buffer = build_buffer(rollout.turns, rows=rows, pad_id=pad_id,
                                   max_new_tokens=cfg_ppo.max_new_tokens, tokenizer=tokenizer,
                                   pre_formula_weight=cfg_ppo.pre_formula_weight, formula_marker=marker)
+            # every process scored the gathered rollout itself (rewards, revisions): a process with
+            # another environment or tokenizer must stop the run, not mix its rows in
+            check_same_on_every_process(buffer, f"PPO buffer of update {update} (seed {config.seed})")
             buffer = to_global(buffer, placement)  # each process places its own rows
             scored = time.perf_counter()
             scores = jax.block_until_ready(score_fn(state.params, reference, buffer))
