@@ -5,10 +5,13 @@
 ``--xla_force_host_platform_device_count=M``, waits for all of them and returns their combined
 stdout+stderr, or fails the test with every process's output. :func:`start` and :func:`wait`
 run other processes beside such a job (e.g. a single-process reference, concurrently).
+Comparing such runs: :func:`metric_rows`, :func:`relative_error`; a worker ends with
+:func:`end_worker`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -17,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,3 +86,37 @@ def launch(args: Sequence[str], *, num_processes: int = 2, local_devices: int = 
     returns each process's output, in order."""
     return wait([start(args, env) for env in distributed_envs(num_processes, local_devices, xla_flags)],
                 timeout)
+
+
+TIMING_SUFFIXES = ("_seconds", "tokens_per_second")
+
+
+def metric_rows(run_dir: Path, stage: str | None = None) -> dict:
+    """``{(step, "group/name"): value}`` of every non-timing metric of ``run_dir/metrics.jsonl``,
+    each of which must be logged once (rows of ``stage`` only, when given)."""
+    out = {}
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        assert stage is None or row["stage"] == stage, row
+        for key, value in row.items():
+            if "/" in key and not key.endswith(TIMING_SUFFIXES):
+                assert (row["step"], key) not in out, f"{key} at step {row['step']} logged twice"
+                out[(row["step"], key)] = value
+    return out
+
+
+def relative_error(a, b) -> float:
+    """max |a - b| / max |b| (float64)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def end_worker() -> None:
+    """The last call of a worker: on several processes, wait for all, then leave the job."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("worker done")
+        jax.distributed.shutdown()

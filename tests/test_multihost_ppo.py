@@ -46,25 +46,10 @@ XLA_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_pa
              "--xla_cpu_multi_thread_eigen=false --xla_cpu_use_fusion_emitters=false")
 TIMEOUT_S = 500  # both runs together: ~90 s on 2 cores shared with another test run
 TOLERANCE = 1e-5  # relative; the two runs reduce over the same devices in possibly other orders
-TIMING = ("_seconds", "tokens_per_second")
 
 
-def _rows(run_dir: Path) -> dict:
-    """``{(step, "group/name"): value}`` of every non-timing metric, each logged once."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    out = {}
-    for row in rows:
-        assert row["stage"] == "ppo", row
-        for key, value in row.items():
-            if "/" in key and not key.endswith(TIMING):
-                assert (row["step"], key) not in out, f"{key} at step {row['step']} logged twice"
-                out[(row["step"], key)] = value
-    return out
 
 
-def _relative(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
 def _first_divergence(turns: list, reference: list) -> str | None:
@@ -115,11 +100,13 @@ def test_two_processes_train_ppo_like_one(tmp_path):
     for name in (("multi", 0), ("multi", 1)):
         where = _first_divergence(turns[name], one)
         assert where is None, f"rollout of {name} differs from the 1-process run at {where}"
-    logprob_error = max(_relative(a[4], b[4]) for a, b in zip(turns[("multi", 0)], one) if b[4])
+    logprob_error = max(multihost.relative_error(a[4], b[4])
+                        for a, b in zip(turns[("multi", 0)], one) if b[4])
     assert logprob_error <= TOLERANCE, logprob_error
 
     # 2. every metrics row
-    multi, single_rows = _rows(tmp_path / "multi"), _rows(tmp_path / "single")
+    multi = multihost.metric_rows(tmp_path / "multi", "ppo")
+    single_rows = multihost.metric_rows(tmp_path / "single", "ppo")
     assert multi.keys() == single_rows.keys()
     assert sorted({s for s, k in single_rows if k == "train/loss"}) == list(range(1, UPDATES + 1))
     assert {k for _, k in single_rows} >= {"train/loss", "train/grad_norm", "train/kl_to_reference",
@@ -149,7 +136,8 @@ def test_two_processes_train_ppo_like_one(tmp_path):
     for name in initial.files:
         np.testing.assert_array_equal(initial_multi[name], initial[name], err_msg=name)
     assert set(final_multi.files) == set(final_one.files) == set(initial.files)
-    param_errors = {name: _relative(final_multi[name], final_one[name]) for name in final_one.files}
+    param_errors = {name: multihost.relative_error(final_multi[name], final_one[name])
+                    for name in final_one.files}
     assert max(param_errors.values()) <= TOLERANCE, param_errors
     moved = {name: float(np.max(np.abs(final_one[name] - initial[name]))) for name in initial.files}
     assert moved["policy/model/layers/self_attn/q_proj/weight"] > 0 and moved["value_head/fc3/weight"] > 0
@@ -300,11 +288,7 @@ def _worker(run_dir: str, hf_dir: str, seed: str) -> None:
     if process == 0:
         np.savez(Path(run_dir) / "final_params.npz", **final)
         np.savez(Path(run_dir) / "initial_params.npz", **initial)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("worker done")
-        jax.distributed.shutdown()
+    multihost.end_worker()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ The worker half of this file runs as ``python -m tests.test_multihost_sft WORKER
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,20 +32,8 @@ TIMEOUT_S = 400  # both runs together: ~45 s on an idle 2-core machine
 TOLERANCE = 1e-5  # relative; the two runs reduce over the same devices in possibly other orders
 
 
-def _rows(run_dir: Path) -> dict:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    out = {}
-    for row in rows:
-        for key, value in row.items():
-            if "/" in key and not key.endswith(("_seconds", "tokens_per_second")):
-                assert (row["step"], key) not in out, f"{key} at step {row['step']} logged twice"
-                out[(row["step"], key)] = value
-    return out
 
 
-def _relative(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
 @pytest.mark.slow
@@ -75,19 +62,20 @@ def test_two_processes_train_like_one(tmp_path):
     for log in (*logs, single):
         assert "restored checkpoint 6 equals the final state" in log, log
 
-    multi, one = _rows(tmp_path / "multi"), _rows(tmp_path / "single")
+    multi, one = multihost.metric_rows(tmp_path / "multi"), multihost.metric_rows(tmp_path / "single")
     assert multi.keys() == one.keys()
     steps = sorted({s for s, k in one if k == "train/loss"})
     assert steps == list(range(1, STEPS + 1))
     assert {k for _, k in one} >= {"train/loss", "train/grad_norm", "probe/id_loss",
                                     "eval/generated_tokens", "eval/logprob_sum"}
-    errors = {key: _relative(multi[key], one[key]) for key in one}
+    errors = {key: multihost.relative_error(multi[key], one[key]) for key in one}
     worst = max(errors, key=errors.get)
     assert errors[worst] <= TOLERANCE, (worst, multi[worst], one[worst])
 
     final_multi = np.load(tmp_path / "multi" / "final_params.npz")
     final_one = np.load(tmp_path / "single" / "final_params.npz")
-    param_errors = {name: _relative(final_multi[name], final_one[name]) for name in final_one.files}
+    param_errors = {name: multihost.relative_error(final_multi[name], final_one[name])
+                    for name in final_one.files}
     assert max(param_errors.values()) <= TOLERANCE, param_errors
 
     # The 2-process checkpoint restores here, on one device, to the 2-process final params.
@@ -160,11 +148,7 @@ def _worker(run_dir: str, hf_dir: str) -> None:
     print(f"restored checkpoint {step} equals the final state", flush=True)
     if jax.process_index() == 0:
         np.savez(Path(run_dir) / "final_params.npz", **final)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("worker done")
-        jax.distributed.shutdown()
+    multihost.end_worker()
 
 
 if __name__ == "__main__":
