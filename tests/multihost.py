@@ -88,6 +88,24 @@ def launch(args: Sequence[str], *, num_processes: int = 2, local_devices: int = 
                 timeout)
 
 
+def run_with_reference(args: Sequence[str], run_dirs: tuple[Path, Path], *, xla_flags: str = "",
+                       timeout: float = 400, num_processes: int = 2,
+                       local_devices: int = 4) -> tuple[str, list[str]]:
+    """Runs ``python <args> RUN_DIR`` as a ``num_processes``-process job (``run_dirs[0]``) and,
+    beside it, as one process with all the devices (``run_dirs[1]``: the reference; on 2 cores
+    running both at once takes less wall time). Each worker prints ``process I of N: L local / G
+    global devices`` first, which is checked. Returns (reference output, [job outputs])."""
+    devices = num_processes * local_devices
+    procs = [start([*args, str(run_dirs[1])], cpu_env(devices, xla_flags))]
+    procs += [start([*args, str(run_dirs[0])], env)
+              for env in distributed_envs(num_processes, local_devices, xla_flags)]
+    single, *logs = wait(procs, timeout)
+    for i, log in enumerate(logs):
+        assert f"process {i} of {num_processes}: {local_devices} local / {devices} global devices" in log, log
+    assert f"process 0 of 1: {devices} local / {devices} global devices" in single, single
+    return single, logs
+
+
 TIMING_SUFFIXES = ("_seconds", "tokens_per_second")
 
 
