@@ -50,6 +50,22 @@ def masked_mean_std(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array
     return mean, jnp.sqrt(var)
 
 
+
+def masked_quantiles(x: jax.Array, mask: jax.Array, qs) -> jax.Array:
+    """Quantiles ``qs`` of the entries of ``x`` ``[N]`` where ``mask``, interpolated linearly
+    between order statistics (numpy's default method); ``[len(qs)]``, 0 when nothing is
+    masked in. Masked-out entries sort to the end as +inf and are never indexed."""
+    valid = jnp.asarray(mask, bool)
+    ordered = jnp.sort(jnp.where(valid, x, jnp.inf))
+    last = jnp.maximum(jnp.sum(valid) - 1, 0)
+    position = jnp.asarray(qs, jnp.float32) * last
+    lo = jnp.floor(position).astype(jnp.int32)
+    hi = jnp.minimum(lo + 1, last)
+    frac = position - lo
+    value = ordered[lo] * (1 - frac) + ordered[hi] * frac
+    return jnp.where(jnp.any(valid), value, 0.0)
+
+
 def normalize(advantages: jax.Array, mask: jax.Array, eps: float = NORMALIZE_EPS) -> jax.Array:
     """``(A - mean) / (std + eps)`` over the entries where ``mask`` (the whole buffer, as the
     study's reference does); masked-out entries become 0. Same shape as ``advantages``."""

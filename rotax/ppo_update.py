@@ -31,17 +31,25 @@ if TYPE_CHECKING:  # annotations only: rotax.ppo imports this module
     from rotax.ppo import OptimizerSettings, UpdateSettings
 
 
+# the advantage distribution's shape per update (SPEC §3: the papers tie the window of SFT
+# checkpoints PPO can restore to a flat advantage distribution); the report draws them as a fan
+ADVANTAGE_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
 def advantage_statistics(raw: jax.Array, mask: jax.Array) -> dict:
-    """Mean, std, skewness and share positive of the raw (unnormalized) advantages ``[N]``
-    over ``mask``; float32 scalars."""
+    """Mean, std, skewness, share positive and the :data:`ADVANTAGE_QUANTILES`
+    (``advantage_p05`` …) of the raw (unnormalized) advantages ``[N]`` over ``mask``; float32
+    scalars."""
     mean, std = advantages_lib.masked_mean_std(raw, mask)
     count = jnp.maximum(jnp.sum(mask), 1.0)
     centered = (raw - mean) * mask
     m2 = jnp.sum(centered ** 2) / count
     m3 = jnp.sum(centered ** 3) / count
+    quantiles = advantages_lib.masked_quantiles(raw, mask, ADVANTAGE_QUANTILES)
     return {"advantage_mean": mean, "advantage_std": std,
             "advantage_skewness": m3 / jnp.maximum(m2, 1e-12) ** 1.5,
-            "advantage_positive_share": jnp.sum((raw > 0) * mask) / count}
+            "advantage_positive_share": jnp.sum((raw > 0) * mask) / count,
+            **{f"advantage_p{round(100 * q):02d}": v for q, v in zip(ADVANTAGE_QUANTILES, quantiles)}}
 
 
 def explained_variance(values: jax.Array, returns: jax.Array, mask: jax.Array) -> jax.Array:

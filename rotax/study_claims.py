@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rotax.advantage_plots import first_update_summary
+
 
 def _pct(x) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
@@ -90,6 +92,17 @@ def claims(ctx, outputs: dict, table: list) -> list[dict]:
     else:
         out.append({"claim": "PPO on ID hands restores most of the OOD accuracy SFT lost",
                     "verdict": "not tested", "evidence": "no PPO run in this study."})
+    shapes = first_update_summary(outputs.get("ppo", {}).get("runs", []))
+    if shapes:
+        def shape(s):
+            spread = "" if s["spread"] is None else f", 5–95% spread {s['spread']:.2f}"
+            return f"skewness {s['skewness']:+.2f}, share positive {_pct(s['positive_share'])}{spread}"
+
+        out.append({"claim": "The starts PPO can restore from have a flat advantage distribution",
+                    "verdict": "reported",
+                    "evidence": "first update, seed means: " + "; ".join(
+                        f"from {start}: {shape(s)}" for start, s in shapes.items())
+                    + ". Compare with the PPO rows above; the figure shows every update."})
     analysis = outputs.get("analysis", {}).get("summary", {}).get("base", [])
     end_rows = [r for r in analysis if r["target"] == f"sft_{sft['end_step']}"]
     drift, null_drift = _mean_metric(end_rows, "sigma_drift"), _mean_metric(end_rows, "null_sigma_drift")

@@ -4,8 +4,6 @@ evaluation along the way and at the end."""
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 
 
 def resolve_starts(starts, sft: dict) -> list[tuple[str, int]]:
@@ -56,17 +54,6 @@ def _environment(ctx, seed: int):
                             attempts=p.attempts, batch_size=p.rollout_batch_size, seed=seed, mesh=ctx.mesh)
 
 
-def _advantage_history(run_dir: Path) -> list[dict]:
-    rows = []
-    path = run_dir / "metrics.jsonl"
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            if any(k.startswith("advantage") for k in row):
-                rows.append(row)
-    return rows
-
-
 def _train_one(ctx, run_label: str, start: str, step: int, seed: int) -> dict:
     from rotax import ppo_loop
     from rotax.models.hf import export_hf_checkpoint
@@ -89,5 +76,4 @@ def _train_one(ctx, run_label: str, start: str, step: int, seed: int) -> dict:
     return {"label": run_label, "start": start, "start_step": step, "seed": seed,
             "curve": curve, "final": final, "run_dir": str(run_dir),
             "policy_dir": str(run_dir / "final_hf"), "updates": result.updates,
-            "advantages": _advantage_history(run_dir),
             "detail": f"{result.updates} updates from SFT step {step}"}

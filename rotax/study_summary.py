@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from rotax.advantage_plots import advantage_figure  # noqa: E402
 from rotax.report import recovered_fraction  # noqa: E402
 
 
@@ -78,8 +79,11 @@ def build_summary(ctx, outputs: dict) -> dict:
             path = _curve_figure(run["curve"], run_dir / f"ppo_curve_{run['label']}.png",
                                  f"PPO from {run['label']}", "PPO update")
             figures.append({"path": str(path.relative_to(run_dir)), "caption": f"PPO from {run['label']}"})
-        if run.get("advantage_figure"):
-            figures.append({"path": run["advantage_figure"], "caption": f"advantage distribution, {run['label']}"})
+    advantages = advantage_figure(outputs.get("ppo", {}).get("runs", []), run_dir / "ppo_advantages.png")
+    if advantages is not None:
+        figures.append({"path": str(advantages.relative_to(run_dir)),
+                        "caption": "PPO: distribution of the raw advantages per update (fan: first seed), "
+                                   "its skewness and share positive (every seed), per start"})
     for f in outputs.get("analysis", {}).get("figures", []):
         name = Path(f).name
         if name == "drift_vs_rotation.png" or f"sft_{sft['end_step']}" in name:

@@ -138,3 +138,30 @@ def test_ppo_loss_and_gradient_match_torch(estimator):
     np.testing.assert_allclose(float(loss), t_loss.item(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(g_logits), t_logits.grad.numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.asarray(g_value), t_value.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed, count", [(0, 37), (1, 1), (2, 64)])
+def test_advantage_statistics_match_numpy_and_scipy(seed, count):
+    from scipy import stats
+
+    from rotax.ppo_update import ADVANTAGE_QUANTILES, advantage_statistics
+
+    rng = np.random.default_rng(seed)
+    raw = rng.gamma(0.7, 2.0, size=64).astype(np.float32) - 1.0  # skewed, with ties at none
+    mask = np.zeros(64, np.float32)
+    mask[rng.permutation(64)[:count]] = 1.0
+    raw_padded = np.where(mask > 0, raw, 123.0).astype(np.float32)  # padding must not count
+    got = {k: float(v) for k, v in jax.jit(advantage_statistics)(raw_padded, mask).items()}
+    kept = raw[mask > 0].astype(np.float64)
+    assert got["advantage_mean"] == pytest.approx(kept.mean(), rel=1e-5, abs=1e-6)
+    assert got["advantage_positive_share"] == pytest.approx(np.mean(kept > 0))
+    if count > 2:
+        assert got["advantage_std"] == pytest.approx(kept.std(ddof=1), rel=1e-5)
+        assert got["advantage_skewness"] == pytest.approx(stats.skew(kept, bias=True), rel=1e-4, abs=1e-5)
+    for q in ADVANTAGE_QUANTILES:
+        assert got[f"advantage_p{round(100 * q):02d}"] == pytest.approx(np.quantile(kept, q), rel=1e-5, abs=1e-6), q
+
+
+def test_masked_quantiles_of_nothing_are_zero():
+    out = advantages.masked_quantiles(jnp.ones(5), jnp.zeros(5), (0.05, 0.5))
+    np.testing.assert_array_equal(np.asarray(out), [0.0, 0.0])

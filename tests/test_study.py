@@ -4,6 +4,7 @@ internal consistency; and a SIGKILL mid-study followed by a resume that skips fi
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +33,15 @@ def test_artifacts_exist(smoke_run):
     assert list((run_dir / "analysis" / "vs_base").glob("*.png"))
     assert (run_dir / "analysis" / "vs_base" / "metrics.csv").is_file()
     assert (run_dir / "sft_curve.png").is_file()
+    # the advantage panel: every PPO run logged its distribution per update, and the report shows it
+    assert (run_dir / "ppo_advantages.png").is_file()
+    assert "ppo_advantages.png" in (run_dir / "report.md").read_text()
+    for run in _stage(run_dir, "ppo")["runs"]:
+        rows = [json.loads(x) for x in (Path(run["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        logged = [r for r in rows if "train/advantage_p50" in r]
+        assert len(logged) == run["updates"], run["label"]
+        assert all(r["train/advantage_p05"] <= r["train/advantage_p50"] <= r["train/advantage_p95"]
+                   for r in logged)
     sft = _stage(run_dir, "sft")
     assert sft["peak_step"] in sft["checkpoints"] and sft["end_step"] == max(sft["checkpoints"])
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the sampler loads jax, which the CLI imports lazily
+    from rotax.sampling import SamplingOptions
 
 
 def register(subparsers) -> None:
