@@ -1,7 +1,10 @@
 """`rotax study`: base → SFT → PPO → analysis → resets → auto-select → report, resumable by stage.
 
 Each stage writes ``<run_dir>/stages/<stage>.json`` when it finishes; a finished stage is not
-redone (``force`` redoes it and every later stage). Stage outputs are plain JSON so the
+redone (``force`` redoes it and every later stage). A killed stage resumes from its own
+checkpoints; a forced one starts afresh: its working directories and the stage files of it and
+every later stage are first moved (never deleted) to ``<run_dir>/replaced/<time>/``, so no later
+stage resumes from checkpoints of the run being replaced. Stage outputs are plain JSON so the
 report, a notebook or a test can read them without rotax's objects.
 """
 
@@ -22,6 +25,9 @@ from rotax.run_config import write_resolved_config
 log = logging.getLogger(__name__)
 
 STAGES = ("base", "sft", "ppo", "analysis", "resets", "autoselect", "report")
+# what each stage writes and would resume from, relative to the run directory
+STAGE_DIRS = {"base": ("base_init", "pretrain", "base"), "sft": ("sft",), "ppo": ("ppo",),
+              "analysis": ("analysis",)}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -81,6 +87,26 @@ def _stage_file(run_dir: Path, stage: str) -> Path:
     return run_dir / "stages" / f"{stage}.json"
 
 
+def set_aside(run_dir: Path, stages, when: str) -> Path | None:
+    """Moves the stage files and working directories of ``stages`` to
+    ``run_dir/replaced/<when>/`` (same tree below it); returns that directory, or None when
+    there was nothing to move."""
+    target, n = run_dir / "replaced" / when, 1
+    while target.exists():  # forced twice within a second
+        target, n = run_dir / "replaced" / f"{when}-{n}", n + 1
+    moved = []
+    for stage in stages:
+        for rel in (Path("stages") / f"{stage}.json", *map(Path, STAGE_DIRS.get(stage, ()))):
+            if (run_dir / rel).exists():
+                (target / rel).parent.mkdir(parents=True, exist_ok=True)
+                (run_dir / rel).rename(target / rel)
+                moved.append(str(rel))
+    if not moved:
+        return None
+    log.warning("forced stages: moved %s to %s", ", ".join(moved), target)
+    return target
+
+
 def run_study(config, *, force: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> dict:
     """Runs every stage not yet finished; returns ``{stage: output}``. Apply
     :func:`apply_preset` first for a preset."""
@@ -91,6 +117,14 @@ def run_study(config, *, force: tuple[str, ...] = (), only: tuple[str, ...] = ()
     (run_dir / "stages").mkdir(parents=True, exist_ok=True)
     write_resolved_config(config, run_dir)
     first_forced = min((STAGES.index(f) for f in force), default=len(STAGES))
+    if force:
+        redone = [s for s in STAGES[first_forced:] if not only or s in only]
+        if jax.process_index() == 0:  # shared storage: one process moves, every one waits
+            set_aside(run_dir, redone, time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("study: forced stages set aside")
     outputs: dict = {}
     context = study_stages.StudyContext(config, run_dir)
     bar = tqdm(STAGES, desc="study", unit="stage", disable=not config.study.progress)

@@ -75,3 +75,26 @@ def test_report_table_equals_stage_outputs(smoke_run):
     for row in summary["table"]:
         assert row["name"] in markdown
         assert f"{100 * row['ood']['mean']:.1f}" in markdown
+
+
+def test_forced_stages_are_set_aside_not_deleted(tmp_path):
+    from rotax.study import set_aside
+
+    files = {"stages/base.json": "b", "stages/sft.json": "s", "stages/ppo.json": "p",
+             "sft/checkpoints/sft/20/state": "w", "sft/curve.jsonl": "c", "ppo/peak_seed0/metrics.jsonl": "m",
+             "base/config.json": "keep"}
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+
+    moved = set_aside(tmp_path, ["sft", "ppo", "analysis", "report"], "T")
+    assert moved == tmp_path / "replaced" / "T"
+    for rel, text in files.items():
+        if rel.startswith(("stages/sft", "stages/ppo", "sft/", "ppo/")):
+            assert not (tmp_path / rel).exists(), rel  # nothing left to resume from
+            assert (moved / rel).read_text() == text, rel  # and nothing lost
+        else:
+            assert (tmp_path / rel).read_text() == text, rel  # earlier stages untouched
+    assert set_aside(tmp_path, ["sft"], "T") is None  # nothing left to move
+    (tmp_path / "sft").mkdir()
+    assert set_aside(tmp_path, ["sft"], "T") == tmp_path / "replaced" / "T-1"  # same second

@@ -9,7 +9,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("study", help="run the whole study (base, SFT, PPO, analysis, resets, report)")
     add_config_arguments(p, default="toy")
     p.add_argument("--force", action="append", default=[], metavar="STAGE",
-                   help="redo STAGE and every later stage (repeatable)")
+                   help="redo STAGE and every later stage from scratch; their old outputs are moved "
+                        "to RUN_DIR/replaced/<time>/ (repeatable)")
     p.add_argument("--only", action="append", default=[], metavar="STAGE",
                    help="run only STAGE (earlier stages must have finished)")
     p.set_defaults(run=run)
