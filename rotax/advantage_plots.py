@@ -2,7 +2,8 @@
 per update; the papers tie the window of SFT checkpoints PPO can restore to a flat one).
 
 :func:`advantage_history` reads the per-update statistics a PPO run logged (``train/advantage_*``
-in its ``metrics.jsonl``); :func:`advantage_figure` draws, per PPO start (one row each), the
+in its ``metrics.jsonl``) and :func:`by_start` groups the runs' histories; from those groups
+:func:`advantage_figure` draws, per PPO start (one row each), the
 distribution of the raw advantages over updates as a fan (5–95% and 25–75% bands, median; mean ±
 std for runs logged before the quantiles were), its skewness and its share of positive entries
 (one line per seed). :func:`first_update_summary` gives the numbers the report's paragraph quotes.
@@ -37,7 +38,12 @@ def advantage_history(run_dir: str | Path) -> list[dict]:
     return [rows[s] for s in sorted(rows)]
 
 
-def _by_start(runs: list[dict]) -> dict[str, list[tuple[dict, list[dict]]]]:
+Groups = dict  # {start: [(run, history), ...]}, as by_start returns
+
+
+def by_start(runs: list[dict]) -> Groups:
+    """``{start: [(run, advantage_history(run["run_dir"]))]}`` for the PPO runs that logged
+    advantages (runs carry ``label``, ``start``, ``seed``, ``run_dir``)."""
     groups: dict[str, list] = {}
     for run in runs:
         history = advantage_history(run["run_dir"])
@@ -60,11 +66,9 @@ def _fan(ax, history: list[dict]) -> None:
     ax.axhline(0, color="0.5", lw=0.8)
 
 
-def advantage_figure(runs: list[dict], path: str | Path) -> Path | None:
-    """One row per PPO start (``run["start"]``; runs carry ``label``, ``seed``, ``run_dir``):
-    the first seed's distribution fan, then skewness and positive share of every seed, over
-    updates. None when no run logged advantages."""
-    groups = _by_start(runs)
+def advantage_figure(groups: Groups, path: str | Path) -> Path | None:
+    """One row per PPO start: the first seed's distribution fan, then skewness and positive
+    share of every seed, over updates. None when no run logged advantages."""
     if not groups:
         return None
     fig, axes = plt.subplots(len(groups), 3, figsize=(11, 2.9 * len(groups)), squeeze=False)
@@ -90,11 +94,11 @@ def advantage_figure(runs: list[dict], path: str | Path) -> Path | None:
     return Path(path)
 
 
-def first_update_summary(runs: list[dict]) -> dict[str, dict]:
+def first_update_summary(groups: Groups) -> dict[str, dict]:
     """Per start, the seed mean of the first update's skewness, positive share and (when
     logged) 5–95% spread: ``{start: {"skewness", "positive_share", "spread" | None, "seeds"}}``."""
     out = {}
-    for start, members in _by_start(runs).items():
+    for start, members in groups.items():
         firsts = [history[0] for _, history in members]
         spreads = [h["p95"] - h["p05"] for h in firsts if "p95" in h and "p05" in h]
         out[start] = {"skewness": float(np.mean([h["skewness"] for h in firsts])),

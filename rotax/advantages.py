@@ -50,7 +50,6 @@ def masked_mean_std(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array
     return mean, jnp.sqrt(var)
 
 
-
 def masked_quantiles(x: jax.Array, mask: jax.Array, qs) -> jax.Array:
     """Quantiles ``qs`` of the entries of ``x`` ``[N]`` where ``mask``, interpolated linearly
     between order statistics (numpy's default method); ``[len(qs)]``, 0 when nothing is

@@ -44,7 +44,9 @@ def _points(interval) -> str:
     return f"[{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}] points"
 
 
-def claims(ctx, outputs: dict, table: list) -> list[dict]:
+def claims(ctx, outputs: dict, table: list, advantage_groups: dict | None = None) -> list[dict]:
+    """The claim paragraphs from the stage outputs, the summary's table and the PPO runs'
+    advantage histories (:func:`rotax.advantage_plots.by_start`)."""
     out = []
     sft = outputs["sft"]
     curve = {c["step"]: c for c in sft["curve"]}
@@ -92,7 +94,7 @@ def claims(ctx, outputs: dict, table: list) -> list[dict]:
     else:
         out.append({"claim": "PPO on ID hands restores most of the OOD accuracy SFT lost",
                     "verdict": "not tested", "evidence": "no PPO run in this study."})
-    shapes = first_update_summary(outputs.get("ppo", {}).get("runs", []))
+    shapes = first_update_summary(advantage_groups or {})
     if shapes:
         def shape(s):
             spread = "" if s["spread"] is None else f", 5–95% spread {s['spread']:.2f}"

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from rotax.advantage_plots import advantage_figure  # noqa: E402
+from rotax.advantage_plots import advantage_figure, by_start  # noqa: E402
 from rotax.report import recovered_fraction  # noqa: E402
 
 
@@ -79,7 +79,8 @@ def build_summary(ctx, outputs: dict) -> dict:
             path = _curve_figure(run["curve"], run_dir / f"ppo_curve_{run['label']}.png",
                                  f"PPO from {run['label']}", "PPO update")
             figures.append({"path": str(path.relative_to(run_dir)), "caption": f"PPO from {run['label']}"})
-    advantages = advantage_figure(outputs.get("ppo", {}).get("runs", []), run_dir / "ppo_advantages.png")
+    advantage_groups = by_start(outputs.get("ppo", {}).get("runs", []))
+    advantages = advantage_figure(advantage_groups, run_dir / "ppo_advantages.png")
     if advantages is not None:
         figures.append({"path": str(advantages.relative_to(run_dir)),
                         "caption": "PPO: distribution of the raw advantages per update (fan: first seed), "
@@ -90,7 +91,7 @@ def build_summary(ctx, outputs: dict) -> dict:
             figures.append({"path": str(Path(f).relative_to(run_dir)), "caption": f"{Path(f).parent.name}: {name}"})
     from rotax.study_claims import claims
 
-    return {"name": run_dir.name, "table": table, "claims": claims(ctx, outputs, table),
+    return {"name": run_dir.name, "table": table, "claims": claims(ctx, outputs, table, advantage_groups),
             "figures": figures,
             "stage_seconds": {k: v.get("seconds", 0.0) for k, v in outputs.items() if isinstance(v, dict)},
             "notes": [f"Deck: {ctx.config.study.deck}; attempts per hand: {ctx.config.study.attempts}; "

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from rotax.advantage_plots import advantage_figure, advantage_history, first_update_summary
+from rotax.advantage_plots import advantage_figure, advantage_history, by_start, first_update_summary
 
 QUANTILES = ("p05", "p25", "p50", "p75", "p95")
 
@@ -44,7 +44,7 @@ def test_history_keeps_the_last_row_of_a_step_and_summary_averages_seeds(tmp_pat
     assert [h["step"] for h in history] == [1, 2, 3, 4]
     assert history[1]["skewness"] == logged["peak_seed1"][2]["train/advantage_skewness"]
 
-    summary = first_update_summary(runs)
+    summary = first_update_summary(by_start(runs))
     assert set(summary) == {"peak", "end"}
     for start in ("peak", "end"):
         firsts = [logged[f"{start}_seed{s}"][1] for s in (0, 1)]
@@ -55,19 +55,20 @@ def test_history_keeps_the_last_row_of_a_step_and_summary_averages_seeds(tmp_pat
         assert summary[start]["spread"] == pytest.approx(
             np.mean([r["train/advantage_p95"] - r["train/advantage_p05"] for r in firsts]))
 
-    path = advantage_figure(runs, tmp_path / "advantages.png")
+    path = advantage_figure(by_start(runs), tmp_path / "advantages.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_runs_logged_without_quantiles_still_plot_and_have_no_spread(tmp_path):
     _write_run(tmp_path / "old", np.random.default_rng(1), quantiles=False)
     runs = [{"label": "old", "start": "end", "seed": 0, "run_dir": str(tmp_path / "old")}]
-    assert first_update_summary(runs)["end"]["spread"] is None
-    assert advantage_figure(runs, tmp_path / "a.png").is_file()
+    assert first_update_summary(by_start(runs))["end"]["spread"] is None
+    assert advantage_figure(by_start(runs), tmp_path / "a.png").is_file()
 
 
 def test_no_logged_advantages_means_no_figure(tmp_path):
     (tmp_path / "empty").mkdir()
     runs = [{"label": "x", "start": "end", "seed": 0, "run_dir": str(tmp_path / "empty")}]
-    assert advantage_figure(runs, tmp_path / "a.png") is None
-    assert first_update_summary(runs) == {}
+    assert by_start(runs) == {}
+    assert advantage_figure({}, tmp_path / "a.png") is None
+    assert first_update_summary({}) == {}
