@@ -4,8 +4,9 @@ Each stage writes ``<run_dir>/stages/<stage>.json`` when it finishes; a finished
 redone (``force`` redoes it and every later stage). A killed stage resumes from its own
 checkpoints; a forced one starts afresh: its working directories and the stage files of it and
 every later stage are first moved (never deleted) to ``<run_dir>/replaced/<time>/``, so no later
-stage resumes from checkpoints of the run being replaced. Stage outputs are plain JSON so the
-report, a notebook or a test can read them without rotax's objects.
+stage resumes from checkpoints of the run being replaced. Resuming with other settings is
+refused unless the forced stages redo what they change (:mod:`rotax.study_resume`). Stage
+outputs are plain JSON so the report, a notebook or a test can read them without rotax's objects.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import ml_collections
 from tqdm.auto import tqdm
 
 from rotax import study_stages
-from rotax.run_config import write_resolved_config
+from rotax.run_config import config_to_dict, write_resolved_config
+from rotax.study_resume import check_resumable
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +116,11 @@ def run_study(config, *, force: tuple[str, ...] = (), only: tuple[str, ...] = ()
         if name not in STAGES:
             raise ValueError(f"unknown stage {name!r}; stages are {STAGES}")
     run_dir = Path(config.run_dir)
+    first_forced = min((STAGES.index(f) for f in force), default=len(STAGES))
+    # before config.json is rewritten: other settings must not resume this run's outputs
+    check_resumable(run_dir, config_to_dict(config), STAGES, STAGE_DIRS, first_forced)
     (run_dir / "stages").mkdir(parents=True, exist_ok=True)
     write_resolved_config(config, run_dir)
-    first_forced = min((STAGES.index(f) for f in force), default=len(STAGES))
     if force:
         redone = [s for s in STAGES[first_forced:] if not only or s in only]
         if jax.process_index() == 0:  # shared storage: one process moves, every one waits
