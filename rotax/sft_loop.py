@@ -80,6 +80,9 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
     if sft.batch_size % sft.grad_accum_steps:
         raise ValueError(f"sft.batch_size={sft.batch_size} does not divide into "
                          f"sft.grad_accum_steps={sft.grad_accum_steps} micro-batches")
+    outside = sorted(int(s) for s in sft.get("checkpoint_steps", ()) if not 0 <= int(s) <= sft.num_steps)
+    if outside:  # would silently never be saved
+        raise ValueError(f"sft.checkpoint_steps {outside} lie outside 0..sft.num_steps={sft.num_steps}")
     rows = sft.batch_size // sft.grad_accum_steps
     split = mesh.shape["data"] * mesh.shape["fsdp"]
     if rows % split:

@@ -273,3 +273,13 @@ def test_checkpoint_steps_save_and_evaluate_exactly_those_steps(llama_dir, tmp_p
                    eval_hook=hook, compiler_options=FAST_COMPILE)
     assert evaluated == [0, 1, 4]
     assert CheckpointStore(config.run_dir, "sft").steps() == [0, 1, 4, 6]
+
+
+def test_checkpoint_steps_beyond_the_run_are_refused(llama_dir, tmp_path):
+    from rotax import base_model
+
+    config = sft_run_check.tiny_config(tmp_path / "run", llama_dir, 6, checkpoint_steps=(2, 7, -1))
+    cfg = base_model.model_config(config.model, config.model.path)
+    with pytest.raises(ValueError, match=r"sft.checkpoint_steps \[-1, 7\] lie outside 0..sft.num_steps=6"):
+        sft_loop.train(config, cfg, lambda: None, lambda seed, step: None)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any work
