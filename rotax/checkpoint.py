@@ -12,7 +12,8 @@ Writes are atomic: orbax writes into a temporary directory and renames it when c
 killed run never leaves a step directory that looks finished. Once a checkpoint is final its
 file sizes go into ``rotax_manifest.json``; restoring verifies them (a truncated file is
 detected, warned about and the previous checkpoint used) and then restores (an unreadable
-checkpoint is skipped the same way).
+checkpoint is skipped the same way). A resumed run moves the skipped newer checkpoints to
+``checkpoints/<stage>.set-aside/`` so it can save those steps again.
 """
 
 from __future__ import annotations
@@ -160,6 +161,9 @@ class CheckpointStore:
             raise ValueError(f"{self.directory} already holds checkpoints {self.steps()}; pass "
                              f"--resume to continue, or {other_run}")
         restored = self.restore_latest(abstract_state)
+        # the skipped newer steps (damaged, or killed before their manifest was written) would
+        # block saving those steps again: moved aside, not deleted
+        self._set_aside([s for s in self.steps() if restored is None or s > restored[0]])
         if restored is None:
             log.warning("no usable checkpoint in %s; starting from %s 0", self.directory, unit)
             return 0, None, {}
@@ -167,6 +171,28 @@ class CheckpointStore:
         if int(state.step) != start:
             raise ValueError(f"checkpoint {start} holds state.step={int(state.step)}")
         return start, state, metadata
+
+
+    def set_aside_directory(self) -> Path:
+        """Where unusable checkpoints go: ``<run_dir>/checkpoints/<stage>.set-aside/``."""
+        return self.directory.with_name(f"{self.stage}.set-aside")
+
+    def _set_aside(self, steps: list[int]) -> None:
+        if not steps:
+            return
+        if jax.process_index() == 0:
+            for step in steps:
+                dest, n = self.set_aside_directory() / str(step), 1
+                while dest.exists():
+                    dest, n = self.set_aside_directory() / f"{step}-{n}", n + 1
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                self.path(step).rename(dest)
+                log.warning("moved unusable checkpoint %s to %s", self.path(step), dest)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"rotax set aside {self.stage} {steps}")
+        self._manager.reload()
 
 
 def _on_every_process(flag: bool) -> bool:

@@ -132,6 +132,7 @@ def train(config, model_cfg, init_policy, env: Environment, *, mesh=None, resume
     start, state, _ = store.resume(abstract, resume=resume, unit="update",
                                    other_run="choose another run_dir or ppo.stage")
     load_policy = init_policy if callable(init_policy) else (lambda: init_policy)
+    fresh = state is None
     if state is None:
         head_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), VALUE_HEAD_STREAM)
         params = ppo_lib.init_ppo_params(model_cfg, load_policy(), head_key)
@@ -165,7 +166,7 @@ def train(config, model_cfg, init_policy, env: Environment, *, mesh=None, resume
 
     metrics: dict = {}
     try:
-        if start == 0:
+        if fresh:  # not when resumed from the initial checkpoint: it exists
             observed = observe(0)
             if cfg_ppo.checkpoint_initial:
                 save(0, observed)

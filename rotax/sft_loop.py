@@ -97,6 +97,7 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
                             async_save=sft.async_checkpointing)
     start, state, metadata = store.resume(abstract, resume=resume)
     best = metadata.get("sft_max_ood")
+    fresh = state is None
     if state is None:
         state = init_train_state(params() if callable(params) else params, optimizer, config.seed, shardings)
     update_run_metadata(config.run_dir, **run_metadata, sft_max_ood=best)
@@ -143,7 +144,7 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
 
     metrics: dict = {}
     try:
-        if start == 0:
+        if fresh:  # not when resumed from the initial checkpoint: it exists
             observed = observe(0)
             if sft.checkpoint_initial or 0 in explicit_steps:
                 save(0, observed)

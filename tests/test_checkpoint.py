@@ -86,6 +86,32 @@ def test_damaged_checkpoint_is_skipped_with_a_warning(model, tmp_path, caplog):
     store.close()
 
 
+
+def test_resume_sets_aside_newer_unusable_steps_so_they_can_be_saved_again(model, tmp_path):
+    """Step 4 is damaged: resuming restores step 2, moves 4 aside (kept, not deleted), and the
+    run can then save its own step 4 (orbax refuses a step that exists)."""
+    cfg, state, abstract = model
+    store = CheckpointStore(tmp_path / "run", "sft", async_save=False)
+    for step in (0, 2, 4):
+        store.save(step, _bumped(state, step), {"metrics": {}})
+    store.close()
+    victim = _largest_file(tmp_path / "run" / "checkpoints" / "sft" / "4")
+    rel, size = victim.relative_to(tmp_path / "run" / "checkpoints" / "sft" / "4"), victim.stat().st_size
+    victim.write_bytes(victim.read_bytes()[:-7])
+
+    store = CheckpointStore(tmp_path / "run", "sft", async_save=False)
+    start, restored, _ = store.resume(abstract, resume=True)
+    assert start == 2 and store.steps() == [0, 2]
+    _assert_same(restored, _bumped(state, 2))
+    kept = tmp_path / "run" / "checkpoints" / "sft.set-aside" / "4"
+    assert (kept / rel).stat().st_size == size - 7  # the damaged file, as it was
+    store.save(4, _bumped(state, 40), {"metrics": {}})  # raised StepAlreadyExistsError before
+    store.wait()
+    assert store.steps() == [0, 2, 4]
+    _assert_same(store.restore(4, abstract)[0], _bumped(state, 40))
+    store.close()
+
+
 def test_export_command_writes_a_loadable_hf_directory(llama_dir, model, tmp_path):
     from rotax.cli import main
 

@@ -283,3 +283,24 @@ def test_checkpoint_steps_beyond_the_run_are_refused(llama_dir, tmp_path):
     with pytest.raises(ValueError, match=r"sft.checkpoint_steps \[-1, 7\] lie outside 0..sft.num_steps=6"):
         sft_loop.train(config, cfg, lambda: None, lambda seed, step: None)
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any work
+
+
+def test_resume_from_the_initial_checkpoint_does_not_save_it_again(llama_dir, tmp_path):
+    """Killed before the first checkpoint after step 0 was finalized: the resumed run starts
+    from checkpoint 0 (it used to re-save step 0, which orbax refuses) and finishes."""
+    import shutil
+
+    from rotax import base_model
+
+    config = sft_run_check.tiny_config(tmp_path / "run", llama_dir, 2, checkpoint_every=0)
+    cfg = base_model.model_config(config.model, config.model.path)
+    load = lambda: base_model.load_base(config.model, sft_loop.mesh_from_config(config), config.run_dir)[1]  # noqa: E731
+    source = lambda seed, step: sft_run_check.random_batch(seed, step, rows=8)  # noqa: E731
+    first = sft_loop.train(config, cfg, load, source, compiler_options=FAST_COMPILE)
+    store = CheckpointStore(config.run_dir, "sft")
+    assert store.steps() == [0, 2]
+    shutil.rmtree(store.path(2))  # as if the kill came before orbax finalized step 2
+    again = sft_loop.train(config, cfg, load, source, resume=True, compiler_options=FAST_COMPILE)
+    assert store.steps() == [0, 2]
+    for a, b in zip(jax.tree.leaves(sft_loop.host_params(first.state)), jax.tree.leaves(sft_loop.host_params(again.state))):
+        np.testing.assert_array_equal(a, b)
