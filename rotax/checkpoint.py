@@ -27,7 +27,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from rotax.run_config import write_text_atomic
+from rotax.host import barrier
+from rotax.run_config import unique_path, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +93,7 @@ class CheckpointStore:
                 path = self.directory / str(step)
                 if path.is_dir():
                     write_manifest(path)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices(f"rotax manifest {self.stage} {self._unmanifested}")
+        barrier(f"rotax manifest {self.stage} {self._unmanifested}")
         self._unmanifested = []
 
     # ------------------------------------------------------------ restoring
@@ -182,16 +180,11 @@ class CheckpointStore:
             return
         if jax.process_index() == 0:
             for step in steps:
-                dest, n = self.set_aside_directory() / str(step), 1
-                while dest.exists():
-                    dest, n = self.set_aside_directory() / f"{step}-{n}", n + 1
+                dest = unique_path(self.set_aside_directory() / str(step))
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 self.path(step).rename(dest)
                 log.warning("moved unusable checkpoint %s to %s", self.path(step), dest)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices(f"rotax set aside {self.stage} {steps}")
+        barrier(f"rotax set aside {self.stage} {steps}")
         self._manager.reload()
 
 

@@ -9,6 +9,7 @@
 * :func:`check_same_on_every_process` — that equality check, on a fingerprint: processes whose
   host data differ (another data file, seed or tokenizer) would otherwise train on a silent
   mixture of rows.
+* :func:`barrier` — every process waits here (after process 0 changed shared files).
 
 Both are SPMD calls: when any leaf spans several processes every process must make the same
 call with the same tree structure (like calling a jitted function). On one process they are
@@ -92,3 +93,12 @@ def check_same_on_every_process(tree: Any, what: str) -> None:
             f"{what} differs between processes: process(es) {differ} hold other values than "
             f"process 0 (every process must build the same host data: same data files, seeds, "
             f"tokenizer and config)")
+
+
+def barrier(name: str) -> None:
+    """Every process waits until all reach ``barrier(name)`` (the same name on each); free on
+    one process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

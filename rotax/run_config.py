@@ -274,3 +274,12 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def unique_path(path: str | os.PathLike) -> Path:
+    """``path`` if nothing is there, else the first free ``<path>-1``, ``<path>-2``, ..."""
+    path = Path(path)
+    candidate, n = path, 1
+    while candidate.exists():
+        candidate, n = path.with_name(f"{path.name}-{n}"), n + 1
+    return candidate

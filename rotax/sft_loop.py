@@ -80,7 +80,9 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
     if sft.batch_size % sft.grad_accum_steps:
         raise ValueError(f"sft.batch_size={sft.batch_size} does not divide into "
                          f"sft.grad_accum_steps={sft.grad_accum_steps} micro-batches")
-    outside = sorted(int(s) for s in sft.get("checkpoint_steps", ()) if not 0 <= int(s) <= sft.num_steps)
+    # the study's uneven checkpoint lists (0, 90, 140, 200, 300, ...): saved and evaluated
+    explicit_steps = frozenset(int(x) for x in sft.get("checkpoint_steps", ()))
+    outside = sorted(s for s in explicit_steps if not 0 <= s <= sft.num_steps)
     if outside:  # would silently never be saved
         raise ValueError(f"sft.checkpoint_steps {outside} lie outside 0..sft.num_steps={sft.num_steps}")
     rows = sft.batch_size // sft.grad_accum_steps
@@ -112,9 +114,6 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
                   for name, batches in (probe_sets or {}).items()}
     logger = RunLogger(config.run_dir, STAGE, start_step=start, total_steps=sft.num_steps,
                        progress=sft.progress)
-
-    # the study's uneven checkpoint lists (0, 90, 140, 200, 300, ...): saved and evaluated
-    explicit_steps = frozenset(int(x) for x in sft.get("checkpoint_steps", ()))
 
     def observe(step: int) -> dict:
         """Evaluation hook and probe losses due at ``step``; updates ``best``."""

@@ -21,7 +21,8 @@ import ml_collections
 from tqdm.auto import tqdm
 
 from rotax import study_stages
-from rotax.run_config import config_to_dict, write_resolved_config
+from rotax.host import barrier
+from rotax.run_config import config_to_dict, unique_path, write_resolved_config
 from rotax.study_resume import check_resumable
 
 log = logging.getLogger(__name__)
@@ -93,9 +94,7 @@ def set_aside(run_dir: Path, stages, when: str) -> Path | None:
     """Moves the stage files and working directories of ``stages`` to
     ``run_dir/replaced/<when>/`` (same tree below it); returns that directory, or None when
     there was nothing to move."""
-    target, n = run_dir / "replaced" / when, 1
-    while target.exists():  # forced twice within a second
-        target, n = run_dir / "replaced" / f"{when}-{n}", n + 1
+    target = unique_path(run_dir / "replaced" / when)  # forced twice within a second: when-1
     moved = []
     for stage in stages:
         for rel in (Path("stages") / f"{stage}.json", *map(Path, STAGE_DIRS.get(stage, ()))):
@@ -125,10 +124,7 @@ def run_study(config, *, force: tuple[str, ...] = (), only: tuple[str, ...] = ()
         redone = [s for s in STAGES[first_forced:] if not only or s in only]
         if jax.process_index() == 0:  # shared storage: one process moves, every one waits
             set_aside(run_dir, redone, time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices("study: forced stages set aside")
+        barrier("study: forced stages set aside")
     outputs: dict = {}
     context = study_stages.StudyContext(config, run_dir)
     bar = tqdm(STAGES, desc="study", unit="stage", disable=not config.study.progress)

@@ -48,14 +48,17 @@ def _first_stage(key: str) -> str:
     return "base"
 
 
-def changed_settings(old: dict, new: dict) -> dict[str, str]:
-    """``{dotted key: first stage using it}`` for every setting that differs (or exists on one
-    side only) between two resolved configs, ignoring :data:`IGNORED`."""
-    a, b = _flatten(old), _flatten(new)
+def _changed(a: dict, b: dict) -> dict[str, str]:
     keys = sorted(k for k in a.keys() | b.keys()
                   if a.get(k, "<absent>") != b.get(k, "<absent>")
                   and not any(k == i or k.startswith(i + ".") for i in IGNORED))
     return {k: _first_stage(k) for k in keys}
+
+
+def changed_settings(old: dict, new: dict) -> dict[str, str]:
+    """``{dotted key: first stage using it}`` for every setting that differs (or exists on one
+    side only) between two resolved configs, ignoring :data:`IGNORED`."""
+    return _changed(_flatten(old), _flatten(new))
 
 
 def check_resumable(run_dir: Path, new: dict, stages: tuple[str, ...], stage_dirs: dict,
@@ -66,7 +69,8 @@ def check_resumable(run_dir: Path, new: dict, stages: tuple[str, ...], stage_dir
     path = run_dir / "config.json"
     if not path.is_file():
         return
-    changed = changed_settings(json.loads(path.read_text()), new)
+    old_values, new_values = _flatten(json.loads(path.read_text())), _flatten(new)
+    changed = _changed(old_values, new_values)
     if not changed:
         return
     first = min(stages.index(s) for s in changed.values())
@@ -77,7 +81,6 @@ def check_resumable(run_dir: Path, new: dict, stages: tuple[str, ...], stage_dir
             or any((run_dir / d).exists() for d in stage_dirs.get(s, ()))]
     if not kept:
         return
-    old_values, new_values = _flatten(json.loads(path.read_text())), _flatten(new)
     listed = "; ".join(f"{k}: {old_values.get(k, '<absent>')!r} -> {new_values.get(k, '<absent>')!r} "
                        f"(used from stage {s})" for k, s in changed.items())
     raise ValueError(
