@@ -16,21 +16,21 @@ _os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from rotax.models.config import ModelConfig, UnsupportedConfigError
 from rotax.models.decoder import apply, forward, init_cache, init_params, param_shapes
-from rotax.models.hf import CheckpointError, export_hf_checkpoint, load_hf_checkpoint
-from rotax.sharding import make_mesh
+from rotax.io.hf import CheckpointError, export_hf_checkpoint, load_hf_checkpoint
+from rotax.runtime.sharding import make_mesh
 
 __version__ = "0.1.0"
 
 
 def load_hf(path, *, mesh=None, dtype=None, compute_dtype=None, remat=False):
     """``(ModelConfig, params)`` from an HF directory, each leaf placed in its sharding on
-    ``mesh`` (default: one device). See :func:`rotax.models.hf.load_hf_checkpoint`."""
+    ``mesh`` (default: one device). See :func:`rotax.io.hf.load_hf_checkpoint`."""
     return load_hf_checkpoint(path, mesh=mesh, dtype=dtype, compute_dtype=compute_dtype, remat=remat)
 
 
 def export_hf(cfg, params, out_dir, *, source=None, max_shard_bytes=4 << 30):
     """Writes ``params`` as an HF directory transformers can load (see
-    :func:`rotax.models.hf.export_hf_checkpoint`)."""
+    :func:`rotax.io.hf.export_hf_checkpoint`)."""
     return export_hf_checkpoint(cfg, params, out_dir, source=source, max_shard_bytes=max_shard_bytes)
 
 

@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from rotax.distributed import maybe_initialize
+    from rotax.runtime.distributed import maybe_initialize
 
     maybe_initialize()  # multi-host (TPU pod, SLURM, ROTAX_* env): join before any device use
     try:

@@ -41,7 +41,7 @@ def main():
     import torch
 
     import rotax
-    from tests.hf_fixtures import load_torch
+    from tests.support.hf_fixtures import load_torch
 
     torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory() as tmp:

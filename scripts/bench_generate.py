@@ -48,8 +48,8 @@ def main():
     import torch
 
     import rotax
-    from rotax.sampling import SamplingOptions, sample
-    from tests.hf_fixtures import load_torch
+    from rotax.sampling.sampler import SamplingOptions, sample
+    from tests.support.hf_fixtures import load_torch
 
     torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,14 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from rotax import ppo, rollout, sampling  # noqa: E402
+from rotax.rl import ppo  # noqa: E402
+from rotax.rl import rollout
+from rotax import sampling
 from rotax.models import decoder  # noqa: E402
 from rotax.models.config import ModelConfig  # noqa: E402
-from rotax.sharding import make_mesh  # noqa: E402
+from rotax.runtime.sharding import make_mesh  # noqa: E402
 from rotax.tasks.points import CompactRenderer, Rule  # noqa: E402
-from rotax.tokenizer import build_toy_tokenizer, encode_prompt, eos_ids  # noqa: E402
-from rotax.toy import toy_hf_config  # noqa: E402
-from rotax.train_state import init_train_state  # noqa: E402
+from rotax.io.tokenizer import build_toy_tokenizer, encode_prompt, eos_ids  # noqa: E402
+from rotax.tasks.points.toy import toy_hf_config  # noqa: E402
+from rotax.training.train_state import init_train_state  # noqa: E402
 
 FULL = dict(hidden=640, layers=10, heads=10, intermediate=1728, episodes=64, attempts=2,
             max_new_tokens=16, epochs=1, repeats=3)

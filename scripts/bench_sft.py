@@ -75,9 +75,9 @@ def main() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     import rotax
-    from rotax import sft
-    from rotax.sft_data import Batch
-    from rotax.train_state import abstract_train_state, init_train_state, make_optimizer, optimizer_config
+    from rotax.sft import step as sft
+    from rotax.sft.data import Batch
+    from rotax.training.train_state import abstract_train_state, init_train_state, make_optimizer, optimizer_config
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -5,7 +5,7 @@ the top-k left and right singular subspaces, chordal distance, best-match alignm
 energy split of ΔW in the reference basis. Contenders, same process, same thread count,
 interleaved repeats, medians:
 
-* rotax — ``rotax.spectral.analyze`` (thin SVD once per matrix, vmapped over the layer stack,
+* rotax — ``rotax.analysis.spectral.analyze`` (thin SVD once per matrix, vmapped over the layer stack,
   jit per shape; it also computes sine-based angles and band metrics the baselines do not);
 * numpy — a plain loop: ``np.linalg.svd(W)`` with numpy's defaults (``full_matrices=True``)
   per layer matrix, then arccos angles; embed/head use ``full_matrices=False`` because their
@@ -96,7 +96,7 @@ def matrices(tree):
 def run_rotax(ref, tgt):
     import jax
 
-    from rotax import spectral
+    from rotax.analysis import spectral
 
     # Compiled programs persist across runs (the first run of a shape pays ~4 s per program).
     jax.config.update("jax_compilation_cache_dir", os.environ.get("BENCH_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "rotax-jax-cache")))
@@ -199,7 +199,7 @@ def worker(name: str, quick: bool) -> None:
 
         torch.set_num_threads(THREADS)
     elif name == "rotax":
-        import rotax.spectral  # noqa: F401
+        import rotax.analysis.spectral  # noqa: F401
     ref, tgt = build_trees(QUICK if quick else CONFIG)
     print(json.dumps(peak_memory(RUNNERS[name], ref, tgt)))
 

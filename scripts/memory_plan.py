@@ -1,7 +1,7 @@
 """Per-device memory plan for full-parameter SFT and PPO on a (data, fsdp, tensor) mesh.
 
 Counts parameters exactly from a ModelConfig (built with ``ModelConfig.from_hf_dict``) and
-places every leaf with rotax's own sharding rules (``rotax.sharding.param_shardings`` on an
+places every leaf with rotax's own sharding rules (``rotax.runtime.sharding.param_shardings`` on an
 abstract mesh, so no devices are needed); activations, logits and the KV cache are estimates
 from the formulas printed next to them (see docs/scaling.md).
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import jax
 from jax.sharding import AbstractMesh, AxisType
 
-from rotax import sharding as sharding_lib
+from rotax.runtime import sharding as sharding_lib
 from rotax.models.config import ModelConfig
 from rotax.models.decoder import param_shapes
 

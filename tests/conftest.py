@@ -24,8 +24,8 @@ def _study(run_dir: Path, *extra: str) -> subprocess.Popen:
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """``(run_dir, base_mtime, output)``: a smoke study killed with SIGKILL once the base stage
-    finished, then resumed to the end. Run once per session; shared by tests/test_study.py and
-    tests/test_notebooks.py, which must not change it."""
+    finished, then resumed to the end. Run once per session; shared by tests/study/test_study.py and
+    tests/colab/test_notebooks.py, which must not change it."""
     run_dir = tmp_path_factory.mktemp("study") / "smoke"
     proc = _study(run_dir)
     base_file = run_dir / "stages" / "base.json"

@@ -63,8 +63,8 @@ def checkpoint_pairs(reference: Path, targets: dict[str, Path], modules):
 
     from rotax.models.config import ModelConfig
     from rotax.models.decoder import param_shapes
-    from rotax.models.hf import SafetensorsReader, hf_names
-    from rotax.selectors import is_matrix, is_stacked, module_type
+    from rotax.io.hf import SafetensorsReader, hf_names
+    from rotax.analysis.selectors import is_matrix, is_stacked, module_type
 
     cfg = ModelConfig.from_hf_dir(reference)
     readers = {"__ref__": SafetensorsReader(reference)}
@@ -123,8 +123,8 @@ def _labels(dirs: list[str]) -> dict[str, Path]:
 def run(args) -> int:
     import jax
 
-    from rotax import spectral
-    from rotax.selectors import parse_modules
+    from rotax.analysis import spectral
+    from rotax.analysis.selectors import parse_modules
 
     reference = Path(args.reference)
     targets = _labels(args.target)
@@ -152,7 +152,7 @@ def run(args) -> int:
                 "layer_ids": list(cfg.layer_ids), "matrices": len(result.rows)}
     (out / "config.json").write_text(json.dumps(settings, indent=2))
     if not args.no_plots:
-        from rotax import spectral_plots
+        from rotax.analysis import plots as spectral_plots
 
         spectral_plots.plot_all(result, out)
     print(format_summary(summary))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: the sampler loads jax, which the CLI imports lazily
-    from rotax.sampling import SamplingOptions
+    from rotax.sampling.sampler import SamplingOptions
 
 
 def register(subparsers) -> None:
@@ -47,7 +47,7 @@ def load_model(path, *, mesh=None, dtype=None):
     training checkpoints: detect them here and restore params plus the tokenizer saved with
     the run (not implemented yet — raises ValueError)."""
     import rotax
-    from rotax.tokenizer import load_tokenizer
+    from rotax.io.tokenizer import load_tokenizer
 
     path = Path(path)
     if not path.is_dir():
@@ -62,7 +62,7 @@ def load_model(path, *, mesh=None, dtype=None):
 def sampling_options(args, model_dir) -> "SamplingOptions":
     """Greedy with ``--greedy``; else the model's ``generation_config.json`` (temperature,
     top_p, top_k; ``do_sample: false`` means greedy) overridden by the flags."""
-    from rotax.sampling import SamplingOptions
+    from rotax.sampling.sampler import SamplingOptions
 
     if args.greedy:
         return SamplingOptions(temperature=0.0, max_new_tokens=args.max_new_tokens)
@@ -81,7 +81,7 @@ def sampling_options(args, model_dir) -> "SamplingOptions":
 
 def make_renderer(kind: str, tokenizer, template=None):
     from rotax.tasks.points import CompactRenderer, JsonChatRenderer
-    from rotax.tokenizer import is_toy_tokenizer
+    from rotax.io.tokenizer import is_toy_tokenizer
 
     if kind == "auto":
         kind = "compact" if is_toy_tokenizer(tokenizer) else "json"
@@ -93,8 +93,8 @@ def make_renderer(kind: str, tokenizer, template=None):
 
 
 def run(args) -> int:
-    from rotax import evaluation
-    from rotax.sharding import make_mesh
+    from rotax.tasks.points import evaluation
+    from rotax.runtime.sharding import make_mesh
     from rotax.tasks.points import Rule
 
     if args.seeds < 1 or args.n < 1 or args.attempts < 1:

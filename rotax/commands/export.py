@@ -18,10 +18,10 @@ def load_checkpoint_params(checkpoint_dir, mesh=None):
     checkpoint metadata (``model.hf_config`` and dtypes), only params are read."""
     import jax
 
-    from rotax.checkpoint import read_metadata, restore_params
+    from rotax.io.checkpoint import read_metadata, restore_params
     from rotax.models.config import ModelConfig
     from rotax.models.decoder import param_shapes
-    from rotax.sharding import make_mesh, param_shardings
+    from rotax.runtime.sharding import make_mesh, param_shardings
 
     metadata = read_metadata(checkpoint_dir)
     model = metadata.get("model") or {}

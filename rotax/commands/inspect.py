@@ -17,7 +17,7 @@ def register(subparsers) -> None:
 
 def parameter_table(params) -> list[tuple[str, tuple, str, str, int]]:
     """Rows ``(path, shape, dtype, sharding, bytes)`` for every leaf of a canonical tree."""
-    from rotax.sharding import describe
+    from rotax.runtime.sharding import describe
 
     rows = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
@@ -29,7 +29,7 @@ def parameter_table(params) -> list[tuple[str, tuple, str, str, int]]:
 
 def run(args) -> int:
     import rotax
-    from rotax.sharding import make_mesh
+    from rotax.runtime.sharding import make_mesh
 
     shape = tuple(int(x) for x in args.mesh.split(",")) if args.mesh else None
     cfg, params = rotax.load_hf(args.path, mesh=make_mesh(shape), dtype=args.dtype)

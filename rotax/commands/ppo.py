@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from rotax.run_config import add_config_arguments
+    from rotax.runtime.run_config import add_config_arguments
 
     p = subparsers.add_parser("ppo", help="PPO (actor-critic, GAE) on GeneralPoints episodes")
     add_config_arguments(p)
@@ -25,8 +25,8 @@ def resolve_init(init, config) -> tuple[Path, Path | None]:
 
     An SFT checkpoint names its source HF directory (model config + tokenizer) in its
     metadata (``model.source``); an HF directory is its own source."""
-    from rotax import base_model
-    from rotax.checkpoint import read_metadata
+    from rotax.io import base_model
+    from rotax.io.checkpoint import read_metadata
 
     if init is None:
         return base_model.resolve_path(config.model, config.run_dir).absolute(), None
@@ -47,11 +47,11 @@ def resolve_init(init, config) -> tuple[Path, Path | None]:
 
 
 def make_environment(config, tokenizer, mesh):
-    """The :class:`rotax.rollout.GeneralPointsEnvironment` the ``ppo`` and ``data`` sections
+    """The :class:`rotax.rl.rollout.GeneralPointsEnvironment` the ``ppo`` and ``data`` sections
     describe (renderer from ``data.renderer``, hands under ``ppo.rule``)."""
     from rotax import sampling
-    from rotax.rollout import GeneralPointsEnvironment
-    from rotax.sft_data import make_renderer, parse_rule
+    from rotax.rl.rollout import GeneralPointsEnvironment
+    from rotax.sft.data import make_renderer, parse_rule
 
     p = config.ppo
     options = sampling.SamplingOptions(temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
@@ -64,13 +64,14 @@ def make_environment(config, tokenizer, mesh):
 def run(args) -> int:
     import jax
 
-    from rotax import base_model, ppo_loop
-    from rotax.checkpoint import restore_params
+    from rotax.io import base_model
+    from rotax.rl.ppo import loop as ppo_loop
+    from rotax.io.checkpoint import restore_params
     from rotax.models.decoder import param_shapes
-    from rotax.models.hf import export_hf_checkpoint, load_hf_checkpoint
-    from rotax.run_config import config_from_args
-    from rotax.sharding import param_shardings
-    from rotax.tokenizer import load_tokenizer, pad_id
+    from rotax.io.hf import export_hf_checkpoint, load_hf_checkpoint
+    from rotax.runtime.run_config import config_from_args
+    from rotax.runtime.sharding import param_shardings
+    from rotax.io.tokenizer import load_tokenizer, pad_id
 
     config = config_from_args(args)
     for section in ("ppo", "model", "data"):
@@ -94,7 +95,7 @@ def run(args) -> int:
     hook = None
     if config.ppo.eval_every:
         from rotax.commands.sft import general_points_eval_hook
-        from rotax.sft_data import make_renderer
+        from rotax.sft.data import make_renderer
 
         hook = general_points_eval_hook(config.ppo, model_cfg, tokenizer, make_renderer(config.data), mesh)
     metadata = {"init": str(checkpoint or source),

@@ -1,5 +1,5 @@
 """`rotax reset --reference DIR --target DIR --op uv-merge|swap|sigma|layers ... --out DIR`:
-apply one restoration operator (rotax.resets) and export an HF directory.
+apply one restoration operator (rotax.analysis.resets) and export an HF directory.
 
 Examples: the study's "top 20% directions" is ``--op uv-merge --top 0.2``; "reset the first
 25% of layers" is ``--op layers --layers "first 25%"`` (add ``--embeddings --head`` to also
@@ -36,8 +36,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     import rotax
-    from rotax import resets
-    from rotax.selectors import Selector, parse_modules
+    from rotax.analysis import resets
+    from rotax.analysis.selectors import Selector, parse_modules
 
     for directory in (args.reference, args.target):
         if not Path(directory).is_dir():

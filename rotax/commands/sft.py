@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rotax.run_config import add_config_arguments
+from rotax.runtime.run_config import add_config_arguments
 
 
 def register(subparsers) -> None:
@@ -17,9 +17,9 @@ def register(subparsers) -> None:
 
 def general_points_eval_hook(sft, model_cfg, tokenizer, renderer, mesh):
     """``hook(params, step) -> {id_accuracy, ood_accuracy, id_first_attempt,
-    ood_first_attempt}`` from :func:`rotax.evaluation.evaluate` (greedy, revision episodes) on
+    ood_first_attempt}`` from :func:`rotax.tasks.points.evaluation.evaluate` (greedy, revision episodes) on
     the first ``sft.eval_hands`` hands of each seeded set."""
-    from rotax import evaluation
+    from rotax.tasks.points import evaluation
     from rotax.tasks.points import Rule
 
     def hook(params, step):
@@ -38,7 +38,7 @@ def general_points_eval_hook(sft, model_cfg, tokenizer, renderer, mesh):
 
 def probe_sets(data, tokenizer, batch_size: int) -> dict:
     """Held-out ID and OOD GeneralPoints batches (``data.probe_batches`` each) for probe losses."""
-    from rotax.sft_data import make_source
+    from rotax.sft.data import make_source
 
     if data.source != "general_points" or not data.probe_batches:
         return {}
@@ -52,10 +52,11 @@ def probe_sets(data, tokenizer, batch_size: int) -> dict:
 def run(args) -> int:
     import jax
 
-    from rotax import base_model, sft_loop
-    from rotax.run_config import config_from_args
-    from rotax.sft_data import make_renderer, make_source
-    from rotax.tokenizer import load_tokenizer
+    from rotax.io import base_model
+    from rotax.sft import loop as sft_loop
+    from rotax.runtime.run_config import config_from_args
+    from rotax.sft.data import make_renderer, make_source
+    from rotax.io.tokenizer import load_tokenizer
 
     config = config_from_args(args)
     mesh = sft_loop.mesh_from_config(config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    from rotax.run_config import add_config_arguments
+    from rotax.runtime.run_config import add_config_arguments
 
     p = subparsers.add_parser("study", help="run the whole study (base, SFT, PPO, analysis, resets, report)")
     add_config_arguments(p, default="toy")
@@ -17,8 +17,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from rotax.run_config import apply_overrides, config_from_args
-    from rotax.study import apply_preset, run_study
+    from rotax.runtime.run_config import apply_overrides, config_from_args
+    from rotax.study.pipeline import apply_preset, run_study
 
     config = config_from_args(args)
     apply_preset(config)  # then the command line wins over the preset

@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from rotax import base_model, ppo, run_config, sft, sft_data, study
+from rotax.io import base_model
+from rotax.rl import ppo
+from rotax.runtime import run_config
+from rotax.sft import step as sft
+from rotax.sft import data as sft_data
+from rotax.study import pipeline as study
 
 #: Evaluation hands per rule, their seed, attempts per hand and tokens per answer (SPEC §1).
 EVAL_HANDS = 234

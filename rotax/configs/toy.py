@@ -1,11 +1,16 @@
 """The embedded toy study (`rotax study` with no --config): a ~0.8M-parameter Llama-architecture
-base on the word-level GeneralPoints form, pre-trained by rotax itself (see rotax/toy.py).
+base on the word-level GeneralPoints form, pre-trained by rotax itself (see rotax/tasks/points/toy.py).
 
 Composed from each module's ``default_config()``; values follow ../shared/TOY-NOTES.md
 ("design R"). ``--config.study.preset=smoke`` runs every stage in about two minutes.
 """
 
-from rotax import base_model, ppo, run_config, sft, sft_data, study
+from rotax.io import base_model
+from rotax.rl import ppo
+from rotax.runtime import run_config
+from rotax.sft import step as sft
+from rotax.sft import data as sft_data
+from rotax.study import pipeline as study
 
 
 def get_config():
@@ -20,7 +25,7 @@ def get_config():
     config.data.renderer = "compact"
     config.data.bucket = 16
     config.data.max_length = 128
-    config.data.solution_choice = "sorted"  # one formula per value multiset (see rotax/toy.py)
+    config.data.solution_choice = "sorted"  # one formula per value multiset (see rotax/tasks/points/toy.py)
 
     # base pre-training: half ID rule, half random face-card rules (never J=11, Q=12, K=13).
     # The base is step 800 of a 1,200-step cosine — weak enough (ID ~.67 / OOD ~.40 on 256

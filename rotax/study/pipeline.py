@@ -1,0 +1,158 @@
+"""`rotax study`: base → SFT → PPO → analysis → resets → auto-select → report, resumable by stage.
+
+Each stage writes ``<run_dir>/stages/<stage>.json`` when it finishes; a finished stage is not
+redone (``force`` redoes it and every later stage). A killed stage resumes from its own
+checkpoints; a forced one starts afresh: its working directories and the stage files of it and
+every later stage are first moved (never deleted) to ``<run_dir>/replaced/<time>/``, so no later
+stage resumes from checkpoints of the run being replaced. Resuming with other settings is
+refused unless the forced stages redo what they change (:mod:`rotax.study.resume`). Stage
+outputs are plain JSON so the report, a notebook or a test can read them without rotax's objects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+from tqdm.auto import tqdm
+
+from rotax.study import stages as study_stages
+from rotax.runtime.host import barrier
+from rotax.runtime.run_config import config_to_dict, unique_path, write_resolved_config
+from rotax.study.resume import check_resumable
+
+log = logging.getLogger(__name__)
+
+STAGES = ("base", "sft", "ppo", "analysis", "resets", "autoselect", "report")
+# what each stage writes and would resume from, relative to the run directory
+STAGE_DIRS = {"base": ("base_init", "pretrain", "base"), "sft": ("sft",), "ppo": ("ppo",),
+              "analysis": ("analysis",)}
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The ``study`` section.
+
+    preset: ``""`` or ``"smoke"`` (every stage in ~2 minutes, for tests and CI). deck:
+    ``toy`` (16 ranks incl. number cards 11-13) or ``standard``. eval_hands / reset_hands /
+    probe_hands: hands per split along SFT, for the final table and resets, and for the
+    auto-select probe set (disjoint seeds). eval_seeds: seeds of the final evaluation.
+    attempts / max_new_tokens: the revision episode. ppo_starts: which SFT checkpoints PPO
+    starts from (``peak``, ``mid``, ``end`` or step numbers; ``all`` for every checkpoint).
+    ppo_seeds: PPO runs per start. reset_reference: ``peak`` (the study's SFT_MaxOOD) or
+    ``base``. null_seeds: matched-norm null draws per matrix. analysis_k: top-subspace size, a fraction in
+    [0, 1] or a whole rank above 1 (``--config.study.analysis_k=64``).
+    """
+    return ml_collections.ConfigDict({
+        "preset": "",
+        "deck": "toy",
+        "eval_hands": 256,
+        "reset_hands": 1024,
+        "probe_hands": 256,
+        "eval_seeds": (0, 1, 2),
+        "attempts": 5,
+        "max_new_tokens": 40,
+        "eval_batch_size": 256,
+        "sft_pool_hands": 2048,
+        "ppo_starts": ("peak", "mid", "end"),
+        "ppo_seeds": 1,
+        "reset_reference": "peak",
+        "null_seeds": 2,
+        "analysis_k": 0.2,
+        "autoselect_layers": ("first 25%", "first 50%", "0-1", "last 25%"),
+        "autoselect_ranks": (0.1, 0.2, 0.5),
+        "progress": True,
+    })
+
+
+def apply_preset(config) -> None:
+    """Shrinks a toy config for ``study.preset == "smoke"`` (every stage, ~2 minutes)."""
+    if config.study.preset in ("", None):
+        return
+    if config.study.preset != "smoke":
+        raise ValueError(f"study.preset {config.study.preset!r}: choose '' or 'smoke'")
+    s = config.study
+    s.eval_hands, s.reset_hands, s.probe_hands, s.eval_seeds = 32, 64, 32, (0,)
+    # two attempts (not the toy's one) so the smoke run also exercises revision episodes
+    s.attempts, s.sft_pool_hands, s.ppo_starts, s.ppo_seeds = 2, 256, ("peak", "end"), 1
+    s.autoselect_layers, s.autoselect_ranks, s.null_seeds = ("first 25%", "last 25%"), (0.2,), 1
+    config.pretrain.num_steps, config.pretrain.checkpoint_every = 60, 60
+    config.pretrain.decay_steps = 0
+    config.sft.num_steps, config.sft.checkpoint_every, config.sft.eval_every = 40, 20, 20
+    config.ppo.num_updates, config.ppo.checkpoint_every = 2, 2
+    config.ppo.episodes_per_update, config.ppo.attempts = 16, 2
+
+
+def _stage_file(run_dir: Path, stage: str) -> Path:
+    return run_dir / "stages" / f"{stage}.json"
+
+
+def set_aside(run_dir: Path, stages, when: str) -> Path | None:
+    """Moves the stage files and working directories of ``stages`` to
+    ``run_dir/replaced/<when>/`` (same tree below it); returns that directory, or None when
+    there was nothing to move."""
+    target = unique_path(run_dir / "replaced" / when)  # forced twice within a second: when-1
+    moved = []
+    for stage in stages:
+        for rel in (Path("stages") / f"{stage}.json", *map(Path, STAGE_DIRS.get(stage, ()))):
+            if (run_dir / rel).exists():
+                (target / rel).parent.mkdir(parents=True, exist_ok=True)
+                (run_dir / rel).rename(target / rel)
+                moved.append(str(rel))
+    if not moved:
+        return None
+    log.warning("forced stages: moved %s to %s", ", ".join(moved), target)
+    return target
+
+
+def run_study(config, *, force: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> dict:
+    """Runs every stage not yet finished; returns ``{stage: output}``. Apply
+    :func:`apply_preset` first for a preset."""
+    for name in force + only:
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r}; stages are {STAGES}")
+    run_dir = Path(config.run_dir)
+    first_forced = min((STAGES.index(f) for f in force), default=len(STAGES))
+    # before config.json is rewritten: other settings must not resume this run's outputs
+    check_resumable(run_dir, config_to_dict(config), STAGES, STAGE_DIRS, first_forced)
+    (run_dir / "stages").mkdir(parents=True, exist_ok=True)
+    write_resolved_config(config, run_dir)
+    if force:
+        redone = [s for s in STAGES[first_forced:] if not only or s in only]
+        if jax.process_index() == 0:  # shared storage: one process moves, every one waits
+            set_aside(run_dir, redone, time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
+        barrier("study: forced stages set aside")
+    outputs: dict = {}
+    context = study_stages.StudyContext(config, run_dir)
+    bar = tqdm(STAGES, desc="study", unit="stage", disable=not config.study.progress)
+    for index, stage in enumerate(bar):
+        bar.set_postfix_str(stage)
+        path = _stage_file(run_dir, stage)
+        if only and stage not in only:
+            if path.is_file():
+                outputs[stage] = json.loads(path.read_text())
+            continue
+        if path.is_file() and index < first_forced:
+            outputs[stage] = json.loads(path.read_text())
+            log.info("stage %s already finished (%s); skipping", stage, path)
+            continue
+        began = time.perf_counter()
+        result = getattr(study_stages, f"stage_{stage}")(context, outputs)
+        result["seconds"] = time.perf_counter() - began
+        outputs[stage] = result
+        if jax.process_index() == 0:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result, indent=2, default=_json_default))
+            tmp.replace(path)  # atomic: a killed stage leaves no stage file
+    return outputs
+
+
+def _json_default(x):
+    if hasattr(x, "item"):
+        return x.item()
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return str(x)

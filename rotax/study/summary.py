@@ -1,0 +1,99 @@
+"""Turns the study's stage outputs into the report summary: the headline table, the figures
+and one paragraph per claim of the papers, each verdict computed from this run's numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from rotax.study.advantage_panel import advantage_figure, by_start  # noqa: E402
+from rotax.study.report import recovered_fraction  # noqa: E402
+
+
+def _cell(acc: dict) -> dict:
+    return {"mean": acc["mean"], "ci": acc["ci"]}
+
+
+def _curve_figure(curve: list, path: Path, title: str, xlabel: str) -> Path:
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    xs = [c["step"] for c in curve]
+    for split, color in (("id", "tab:blue"), ("ood", "tab:red")):
+        ys = [c[split]["mean"] for c in curve]
+        lo = [c[split]["ci"][0] for c in curve]
+        hi = [c[split]["ci"][1] for c in curve]
+        ax.plot(xs, ys, "o-", color=color, label=split.upper())
+        ax.fill_between(xs, lo, hi, color=color, alpha=0.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (95% CI)")
+    ax.set_title(title)
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def build_summary(ctx, outputs: dict) -> dict:
+    run_dir = ctx.run_dir
+    sft, resets_out, auto = outputs["sft"], outputs.get("resets", {}), outputs.get("autoselect", {})
+    curve = {c["step"]: c for c in sft["curve"]}
+    base_eval = outputs["base"]["eval"]
+    rows_by_name = {r["name"]: r for r in resets_out.get("rows", [])}
+    end_row = rows_by_name.get("SFT end (no reset)")
+    peak_row = rows_by_name.get("SFT peak-OOD (no reset)")
+    peak, end = curve.get(sft["peak_step"]), curve.get(sft["end_step"])
+    # peak and end on the same test hands when the reset stage measured them
+    peak_ood, end_ood = (peak_row or peak)["ood"]["mean"], (end_row or end)["ood"]["mean"]
+
+    def row(name, kind, acc_id, acc_ood, detail="", seconds=None):
+        # a recovered share is about edits and PPO, not about the base or the SFT curve rows
+        recovered = None if kind in ("base", "sft") else recovered_fraction(None, peak_ood, end_ood, acc_ood["mean"])
+        return {"name": name, "kind": kind, "id": _cell(acc_id), "ood": _cell(acc_ood),
+                "recovered": recovered,
+                "seconds": seconds, "detail": detail}
+
+    table = [row("base", "base", base_eval["id"], base_eval["ood"], f"{ctx.config.study.eval_hands} hands"),
+             row(f"SFT peak-OOD (step {sft['peak_step']})", "sft", peak["id"], peak["ood"],
+                 f"{ctx.config.study.eval_hands} hands"),
+             row(f"SFT end (step {sft['end_step']})", "sft", end["id"], end["ood"],
+                 f"{ctx.config.study.eval_hands} hands")]
+    for run in outputs.get("ppo", {}).get("runs", []):
+        table.append(row(f"PPO from {run['label']}", "ppo", run["final"]["id"], run["final"]["ood"],
+                         run.get("detail", ""), run.get("seconds")))
+    for r in resets_out.get("rows", []):
+        table.append(row(r["name"], r["kind"], r["id"], r["ood"], r["detail"], r["seconds"]))
+    if auto:
+        table.append(row(f"auto-select: {auto['chosen']}", "auto", auto["test"]["id"], auto["test"]["ood"],
+                         f"{len(auto['candidates'])} candidates on probe hands",
+                         auto["search_seconds"]))
+    figures = [{"path": str(_curve_figure(sft["curve"], run_dir / "sft_curve.png",
+                                          "SFT on the ID rule", "SFT step").relative_to(run_dir)),
+                "caption": "ID/OOD accuracy along SFT (95% Wilson intervals)"}]
+    for run in outputs.get("ppo", {}).get("runs", []):
+        if run.get("curve"):
+            path = _curve_figure(run["curve"], run_dir / f"ppo_curve_{run['label']}.png",
+                                 f"PPO from {run['label']}", "PPO update")
+            figures.append({"path": str(path.relative_to(run_dir)), "caption": f"PPO from {run['label']}"})
+    advantage_groups = by_start(outputs.get("ppo", {}).get("runs", []))
+    advantages = advantage_figure(advantage_groups, run_dir / "ppo_advantages.png")
+    if advantages is not None:
+        figures.append({"path": str(advantages.relative_to(run_dir)),
+                        "caption": "PPO: distribution of the raw advantages per update (fan: first seed), "
+                                   "its skewness and share positive (every seed), per start"})
+    for f in outputs.get("analysis", {}).get("figures", []):
+        name = Path(f).name
+        if name == "drift_vs_rotation.png" or f"sft_{sft['end_step']}" in name:
+            figures.append({"path": str(Path(f).relative_to(run_dir)), "caption": f"{Path(f).parent.name}: {name}"})
+    from rotax.study.claims import claims
+
+    return {"name": run_dir.name, "table": table, "claims": claims(ctx, outputs, table, advantage_groups),
+            "figures": figures,
+            "stage_seconds": {k: v.get("seconds", 0.0) for k, v in outputs.items() if isinstance(v, dict)},
+            "notes": [f"Deck: {ctx.config.study.deck}; attempts per hand: {ctx.config.study.attempts}; "
+                      f"reset reference: {ctx.config.study.reset_reference}. Recovered = (x − SFT end OOD) / "
+                      f"(SFT peak OOD − SFT end OOD)."]}

@@ -1,0 +1,100 @@
+"""End to end: the smoke preset of `rotax study` through every stage, its artifacts and their
+internal consistency; and a SIGKILL mid-study followed by a resume that skips finished stages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rotax.study.report import recovered_fraction
+
+pytestmark = pytest.mark.slow
+
+# `smoke_run` (tests/conftest.py): the smoke study, SIGKILLed after its base stage and resumed.
+
+
+def _stage(run_dir, name):
+    return json.loads((run_dir / "stages" / f"{name}.json").read_text())
+
+
+def test_resume_skips_finished_stages(smoke_run):
+    run_dir, base_mtime, _ = smoke_run
+    assert (run_dir / "stages" / "base.json").stat().st_mtime_ns == base_mtime
+    for stage in ("base", "sft", "ppo", "analysis", "resets", "autoselect", "report"):
+        assert (run_dir / "stages" / f"{stage}.json").is_file(), stage
+
+
+def test_artifacts_exist(smoke_run):
+    run_dir, _, _ = smoke_run
+    assert (run_dir / "report.html").is_file() and (run_dir / "report.md").is_file()
+    assert (run_dir / "base" / "config.json").is_file() and (run_dir / "base" / "tokenizer.json").is_file()
+    assert list((run_dir / "analysis" / "vs_base").glob("*.png"))
+    assert (run_dir / "analysis" / "vs_base" / "metrics.csv").is_file()
+    assert (run_dir / "sft_curve.png").is_file()
+    # the advantage panel: every PPO run logged its distribution per update, and the report shows it
+    assert (run_dir / "ppo_advantages.png").is_file()
+    assert "ppo_advantages.png" in (run_dir / "report.md").read_text()
+    for run in _stage(run_dir, "ppo")["runs"]:
+        rows = [json.loads(x) for x in (Path(run["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        logged = [r for r in rows if "train/advantage_p50" in r]
+        assert len(logged) == run["updates"], run["label"]
+        assert all(r["train/advantage_p05"] <= r["train/advantage_p50"] <= r["train/advantage_p95"]
+                   for r in logged)
+    sft = _stage(run_dir, "sft")
+    assert sft["peak_step"] in sft["checkpoints"] and sft["end_step"] == max(sft["checkpoints"])
+
+
+def test_reset_with_k0_reproduces_the_target(smoke_run):
+    run_dir, _, _ = smoke_run
+    rows = {r["name"]: r for r in _stage(run_dir, "resets")["rows"]}
+    target, identity = rows["SFT end (no reset)"], rows["reset k=0 (identity check)"]
+    assert identity["id"] == target["id"] and identity["ood"] == target["ood"]
+
+
+def test_report_table_equals_stage_outputs(smoke_run):
+    run_dir, _, _ = smoke_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    table = {r["name"]: r for r in summary["table"]}
+    sft = _stage(run_dir, "sft")
+    curve = {c["step"]: c for c in sft["curve"]}
+    peak = table[f"SFT peak-OOD (step {sft['peak_step']})"]
+    assert peak["ood"]["mean"] == curve[sft["peak_step"]]["ood"]["mean"]
+    grid = {r["name"]: r for r in _stage(run_dir, "resets")["rows"]}
+    # "recovered" compares peak and end on the same test hands (the reset stage's rows)
+    end_ood, peak_ood = grid["SFT end (no reset)"]["ood"]["mean"], grid["SFT peak-OOD (no reset)"]["ood"]["mean"]
+    for row in grid.values():
+        assert table[row["name"]]["id"]["mean"] == row["id"]["mean"]
+        assert table[row["name"]]["ood"]["mean"] == row["ood"]["mean"]
+        expected = recovered_fraction(None, peak_ood, end_ood, row["ood"]["mean"])
+        assert table[row["name"]]["recovered"] == expected
+    for run in _stage(run_dir, "ppo")["runs"]:
+        assert table[f"PPO from {run['label']}"]["ood"]["mean"] == run["final"]["ood"]["mean"]
+    markdown = (run_dir / "report.md").read_text()
+    for row in summary["table"]:
+        assert row["name"] in markdown
+        assert f"{100 * row['ood']['mean']:.1f}" in markdown
+
+
+def test_forced_stages_are_set_aside_not_deleted(tmp_path):
+    from rotax.study.pipeline import set_aside
+
+    files = {"stages/base.json": "b", "stages/sft.json": "s", "stages/ppo.json": "p",
+             "sft/checkpoints/sft/20/state": "w", "sft/curve.jsonl": "c", "ppo/peak_seed0/metrics.jsonl": "m",
+             "base/config.json": "keep"}
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+
+    moved = set_aside(tmp_path, ["sft", "ppo", "analysis", "report"], "T")
+    assert moved == tmp_path / "replaced" / "T"
+    for rel, text in files.items():
+        if rel.startswith(("stages/sft", "stages/ppo", "sft/", "ppo/")):
+            assert not (tmp_path / rel).exists(), rel  # nothing left to resume from
+            assert (moved / rel).read_text() == text, rel  # and nothing lost
+        else:
+            assert (tmp_path / rel).read_text() == text, rel  # earlier stages untouched
+    assert set_aside(tmp_path, ["sft"], "T") is None  # nothing left to move
+    (tmp_path / "sft").mkdir()
+    assert set_aside(tmp_path, ["sft"], "T") == tmp_path / "replaced" / "T-1"  # same second
