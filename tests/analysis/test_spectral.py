@@ -250,7 +250,7 @@ def test_stacked_svds_do_not_deadlock_on_cpu():
     import subprocess
     import sys
 
-    code = ("import numpy as np; from rotax import spectral\n"
+    code = ("import numpy as np; from rotax.analysis import spectral\n"
             "rng = np.random.default_rng(0)\n"
             "w = rng.standard_normal((2, 512, 384)).astype(np.float32)\n"
             "tree = lambda x: {'model': {'layers': {'mlp': {'up_proj': {'weight': x}}}}}\n"

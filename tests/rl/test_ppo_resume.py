@@ -101,7 +101,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run([sys.executable, "-m", "rotax.cli", *args(straight, init=base)], env=env, check=True,
                    cwd=tmp_path, timeout=600)
-    died = subprocess.run([sys.executable, str(ROOT / "tests" / "ppo_kill_run.py"), "2", "--",
+    died = subprocess.run([sys.executable, str(ROOT / "tests" / "support" / "ppo_kill_run.py"), "2", "--",
                            *args(killed)], env=env, cwd=tmp_path, timeout=600)
     assert died.returncode == -9, died.returncode  # SIGKILL inside update index 2
     assert not (killed / "hf").exists()
