@@ -36,7 +36,9 @@ from rotax.models import decoder  # noqa: E402
 from rotax.models.config import ModelConfig  # noqa: E402
 from rotax.runtime.sharding import make_mesh  # noqa: E402
 from rotax.tasks.points import CompactRenderer, Rule  # noqa: E402
-from rotax.io.tokenizer import build_toy_tokenizer, encode_prompt, eos_ids  # noqa: E402
+from rotax.io.tokenizer import encode_prompt, eos_ids  # noqa: E402
+from rotax.tasks.points.toy_tokenizer import build_toy_tokenizer  # noqa: E402
+from rotax.tasks.points.environment import GeneralPointsEnvironment  # noqa: E402
 from rotax.tasks.points.toy import toy_hf_config  # noqa: E402
 from rotax.training.train_state import init_train_state  # noqa: E402
 
@@ -84,9 +86,9 @@ def main() -> None:
     options = sampling.SamplingOptions(temperature=section.temperature,
                                        max_new_tokens=section.max_new_tokens)
     renderer = CompactRenderer()
-    env = rollout.GeneralPointsEnvironment(tokenizer, renderer, Rule.ID, section.episodes_per_update,
-                                           options, attempts=section.attempts,
-                                           batch_size=section.rollout_batch_size, seed=0, mesh=None)
+    env = GeneralPointsEnvironment(tokenizer, renderer, Rule.ID, section.episodes_per_update,
+                                   options, attempts=section.attempts,
+                                   batch_size=section.rollout_batch_size, seed=0, mesh=None)
     stop, pad = eos_ids(tokenizer, cfg), tokenizer.pad_token_id
 
     # the stand-alone sampler: one full batch of first-attempt prompts

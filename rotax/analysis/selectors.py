@@ -187,3 +187,11 @@ def stacked_indices(layers, layer_ids: Sequence[int] | None, num_stacked: int,
         raise ValueError(f"layer spec {layers!r} selects HF layers {sorted(wanted)}, none of which "
                          f"is a stacked layer (stacked HF layers: {list(ids)})")
     return out
+
+
+def parse_rank(text: str) -> int | float:
+    """``"128"`` → rank 128; ``"0.2"`` or ``"20%"`` → fraction 0.2."""
+    text = str(text).strip()
+    if text.endswith("%"):
+        return float(text[:-1]) / 100.0
+    return float(text) if "." in text else int(text)

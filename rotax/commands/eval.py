@@ -81,7 +81,7 @@ def sampling_options(args, model_dir) -> "SamplingOptions":
 
 def make_renderer(kind: str, tokenizer, template=None):
     from rotax.tasks.points import CompactRenderer, JsonChatRenderer
-    from rotax.io.tokenizer import is_toy_tokenizer
+    from rotax.tasks.points.toy_tokenizer import is_toy_tokenizer
 
     if kind == "auto":
         kind = "compact" if is_toy_tokenizer(tokenizer) else "json"

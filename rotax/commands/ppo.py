@@ -47,18 +47,19 @@ def resolve_init(init, config) -> tuple[Path, Path | None]:
 
 
 def make_environment(config, tokenizer, mesh):
-    """The :class:`rotax.rl.rollout.GeneralPointsEnvironment` the ``ppo`` and ``data`` sections
-    describe (renderer from ``data.renderer``, hands under ``ppo.rule``)."""
+    """The :class:`rotax.tasks.points.environment.GeneralPointsEnvironment` the ``ppo`` and
+    ``data`` sections describe (renderer from ``data.renderer``, hands under ``ppo.rule``)."""
     from rotax import sampling
-    from rotax.rl.rollout import GeneralPointsEnvironment
-    from rotax.sft.data import make_renderer, parse_rule
+    from rotax.tasks.points.environment import GeneralPointsEnvironment
+    from rotax.tasks.points.sft_source import make_renderer, parse_rule
 
     p = config.ppo
     options = sampling.SamplingOptions(temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
                                        max_new_tokens=p.max_new_tokens)
     return GeneralPointsEnvironment(tokenizer, make_renderer(config.data), parse_rule(p.rule),
                                     p.episodes_per_update, options, attempts=p.attempts,
-                                    batch_size=p.rollout_batch_size, seed=config.seed, mesh=mesh)
+                                    batch_size=p.rollout_batch_size, seed=config.seed, mesh=mesh,
+                                    pre_formula_weight=p.pre_formula_weight, formula_marker=p.formula_marker)
 
 
 def run(args) -> int:
@@ -94,16 +95,16 @@ def run(args) -> int:
 
     hook = None
     if config.ppo.eval_every:
-        from rotax.commands.sft import general_points_eval_hook
-        from rotax.sft.data import make_renderer
+        from rotax.tasks.points.evaluation import training_eval_hook
+        from rotax.tasks.points.sft_source import make_renderer
 
-        hook = general_points_eval_hook(config.ppo, model_cfg, tokenizer, make_renderer(config.data), mesh)
+        hook = training_eval_hook(config.ppo, model_cfg, tokenizer, make_renderer(config.data), mesh)
     metadata = {"init": str(checkpoint or source),
                 "model": {"source": str(source), "hf_config": model_cfg.hf_config,
                           "param_dtype": model_cfg.param_dtype, "compute_dtype": model_cfg.dtype}}
     result = ppo_loop.train(config, model_cfg, load_policy, make_environment(config, tokenizer, mesh),
                             mesh=mesh, resume=args.resume, pad_id=pad_id(tokenizer, model_cfg),
-                            tokenizer=tokenizer, eval_hook=hook, run_metadata=metadata)
+                            eval_hook=hook, run_metadata=metadata)
     out_dir = None
     if config.ppo.export_hf:
         out_dir = Path(config.run_dir) / "hf" / config.ppo.stage

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rotax.commands.analyze import parse_rank
 
 OPS = ("uv-merge", "swap", "sigma", "layers")
 
@@ -37,7 +36,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import rotax
     from rotax.analysis import resets
-    from rotax.analysis.selectors import Selector, parse_modules
+    from rotax.analysis.selectors import Selector, parse_modules, parse_rank
 
     for directory in (args.reference, args.target):
         if not Path(directory).is_dir():

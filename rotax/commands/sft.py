@@ -15,48 +15,15 @@ def register(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def general_points_eval_hook(sft, model_cfg, tokenizer, renderer, mesh):
-    """``hook(params, step) -> {id_accuracy, ood_accuracy, id_first_attempt,
-    ood_first_attempt}`` from :func:`rotax.tasks.points.evaluation.evaluate` (greedy, revision episodes) on
-    the first ``sft.eval_hands`` hands of each seeded set."""
-    from rotax.tasks.points import evaluation
-    from rotax.tasks.points import Rule
-
-    def hook(params, step):
-        out = {}
-        for name, rule in (("id", Rule.ID), ("ood", Rule.OOD)):
-            report = evaluation.evaluate(model_cfg, params, tokenizer, renderer, rule,
-                                         seeds=tuple(sft.eval_seeds), n=sft.eval_hands,
-                                         batch_size=sft.eval_batch_size, mesh=mesh, progress=False)
-            pooled = report["over_seeds"]
-            out[f"{name}_accuracy"] = pooled["within"]["mean"]
-            out[f"{name}_first_attempt"] = pooled["first_attempt"]["mean"]
-        return out
-
-    return hook
-
-
-def probe_sets(data, tokenizer, batch_size: int) -> dict:
-    """Held-out ID and OOD GeneralPoints batches (``data.probe_batches`` each) for probe losses."""
-    from rotax.sft.data import make_source
-
-    if data.source != "general_points" or not data.probe_batches:
-        return {}
-    sets = {}
-    for name in ("id", "ood"):
-        source = make_source(data, tokenizer, batch_size=batch_size, rules=(name,), stream="probe")
-        sets[name] = [source(data.probe_seed, i) for i in range(data.probe_batches)]
-    return sets
-
-
 def run(args) -> int:
     import jax
 
     from rotax.io import base_model
     from rotax.sft import loop as sft_loop
     from rotax.runtime.run_config import config_from_args
-    from rotax.sft.data import make_renderer, make_source
     from rotax.io.tokenizer import load_tokenizer
+    from rotax.tasks.points.evaluation import training_eval_hook
+    from rotax.tasks.points.sft_source import make_renderer, make_source, probe_sets
 
     config = config_from_args(args)
     mesh = sft_loop.mesh_from_config(config)
@@ -67,7 +34,7 @@ def run(args) -> int:
     data_source = make_source(config.data, tokenizer, batch_size=config.sft.batch_size)
     hook = None
     if config.sft.eval_every and config.data.source == "general_points":
-        hook = general_points_eval_hook(config.sft, model_cfg, tokenizer, make_renderer(config.data), mesh)
+        hook = training_eval_hook(config.sft, model_cfg, tokenizer, make_renderer(config.data), mesh)
 
     def load_params():
         return base_model.load_base(config.model, mesh, config.run_dir)[1]

@@ -13,6 +13,9 @@ from typing import Callable
 
 import ml_collections
 
+from rotax.io.hf import load_hf_checkpoint
+from rotax.models.config import ModelConfig
+
 # name -> builder(model_section, run_dir) -> HF directory
 _BASES: dict[str, Callable] = {}
 
@@ -52,8 +55,6 @@ def resolve_path(model, run_dir) -> Path:
 def load_base(model, mesh, run_dir):
     """``(ModelConfig, params, source_dir)``: the base named by the ``model`` section, each
     leaf placed in its sharding on ``mesh``."""
-    from rotax.io.hf import load_hf_checkpoint
-
     source = resolve_path(model, run_dir)
     cfg, params = load_hf_checkpoint(source, mesh=mesh, dtype=model.param_dtype or None,
                                      compute_dtype=model.compute_dtype or None, remat=model.remat)
@@ -62,8 +63,6 @@ def load_base(model, mesh, run_dir):
 
 def model_config(model, source):
     """The ``ModelConfig`` of ``source`` with the section's dtypes and remat (no weights read)."""
-    from rotax.models.config import ModelConfig
-
     cfg = ModelConfig.from_hf_dir(source)
     param_dtype = model.param_dtype or _stored_dtype(cfg)
     return cfg.replace(param_dtype=param_dtype, dtype=model.compute_dtype or param_dtype,

@@ -1,11 +1,12 @@
-"""PPO rollouts: environments that play whole episodes with the current policy, and the padded
-buffer of time steps the update consumes.
+"""PPO rollouts: what an environment returns after playing whole episodes with the current
+policy, and the padded buffer of time steps the update consumes.
 
 A time step is one model turn: state = the dialogue so far (prompt ids), action = the sampled
-response, reward = that attempt's verifier reward. :class:`GeneralPointsEnvironment` plays
-sequential-revision episodes (:func:`rotax.tasks.points.episodes.run_episodes`) on freshly dealt hands,
-many in parallel; any object with a ``play`` method returning a :class:`Rollout` can replace it
-(the tests use a one-turn task).
+response, reward = that attempt's reward. Any object with a ``play`` method returning a
+:class:`Rollout` is an environment (GeneralPoints: :class:`rotax.tasks.points.environment.
+GeneralPointsEnvironment`; the tests also use a one-turn task). Its steps are records with
+``hand_index`` (episode), ``attempt``, ``prompt_ids``, ``response_ids``, ``response_logprobs``,
+``reward``, ``done`` and optionally ``token_weight`` (:class:`Step`).
 
 :func:`build_buffer` lays the steps out *episode-major* (episode 0's turns in order, then
 episode 1's, ...), valid rows first and padding rows last, so GAE is one reverse scan over the
@@ -16,7 +17,6 @@ right-padded to R]``; the value is read at slot ``P - 1`` (the last prompt token
 from __future__ import annotations
 
 import dataclasses
-import random
 import time
 from typing import NamedTuple, Protocol, Sequence
 
@@ -24,8 +24,20 @@ import jax
 import numpy as np
 
 from rotax import sampling
-from rotax.tasks.points.episodes import Turn, model_generator, run_episodes
-from rotax.tasks.points import MAX_ATTEMPTS, Renderer, RuleLike, deal_hands, default_deal
+
+
+class Step(Protocol):
+    """One time step as :func:`build_buffer` reads it. ``token_weight`` (optional, ``[R]``
+    float32): the weight of each response token's log-prob in the action log-prob (all ones
+    when absent)."""
+
+    hand_index: int
+    attempt: int
+    prompt_ids: np.ndarray
+    response_ids: np.ndarray
+    response_logprobs: np.ndarray
+    reward: float
+    done: bool
 
 
 @dataclasses.dataclass
@@ -34,7 +46,7 @@ class Rollout:
     and what they cost. ``solved`` ``[E]`` bool; ``sample_seconds``: time inside the sampler;
     ``seconds``: the whole rollout (sampling + tokenization + grading)."""
 
-    turns: list[Turn]
+    turns: list[Step]
     episodes: int
     solved: np.ndarray
     sample_seconds: float = 0.0
@@ -61,38 +73,6 @@ class TimedGenerator:
         out = self.generator(prompts, row_ids, key)
         self.seconds += time.perf_counter() - began
         return out
-
-
-@dataclasses.dataclass
-class GeneralPointsEnvironment:
-    """Revision episodes on ``episodes`` hands per update, dealt under ``rule`` from
-    ``random.Random(f"ppo-hands:{seed}:{update}")`` (so update ``u``'s hands depend only on the
-    seed and ``u``), sampled at ``options`` in batches of ``batch_size`` rows."""
-
-    tokenizer: object
-    renderer: Renderer
-    rule: RuleLike
-    episodes: int
-    options: sampling.SamplingOptions
-    attempts: int = MAX_ATTEMPTS
-    batch_size: int = 64
-    seed: int = 0
-    mesh: object = None
-
-    def hands(self, update: int) -> list:
-        rng = random.Random(f"ppo-hands:{self.seed}:{update}")
-        return deal_hands(rng, self.rule, self.episodes, default_deal(self.rule))
-
-    def play(self, cfg, params, key, update: int) -> Rollout:
-        began = time.perf_counter()
-        generator = TimedGenerator(model_generator(cfg, params, self.tokenizer, self.options,
-                                                   batch_size=self.batch_size, mesh=self.mesh))
-        batch = run_episodes(cfg, params, self.tokenizer, self.renderer, self.hands(update),
-                             self.rule, key, attempts=self.attempts, options=self.options,
-                             batch_size=self.batch_size, mesh=self.mesh, generator=generator,
-                             progress=False)
-        return Rollout(batch.turns, len(batch.episodes), batch.solved, generator.seconds,
-                       time.perf_counter() - began)
 
 
 # ---------------------------------------------------------------- the buffer
@@ -123,7 +103,7 @@ class RolloutBuffer(NamedTuple):
         return self.tokens.shape[1] - self.response_mask.shape[1]
 
 
-def episode_major(turns: Sequence[Turn]) -> list[Turn]:
+def episode_major(turns: Sequence[Step]) -> list[Step]:
     """``turns`` sorted by (episode, attempt); the last turn of every episode must be ``done``
     (truncation by the attempt limit counts as done). Raises ValueError otherwise."""
     ordered = sorted(turns, key=lambda t: (t.hand_index, t.attempt))
@@ -134,33 +114,6 @@ def episode_major(turns: Sequence[Turn]) -> list[Turn]:
     return ordered
 
 
-def formula_position(tokenizer, response_ids: Sequence[int], marker: str) -> int | None:
-    """Index of the first response token whose text reaches the first character of ``marker``
-    in the decoded response (tokens before it are the reference's "thought" tokens), or None
-    when the marker does not occur. Binary search over decoded prefixes."""
-    text = tokenizer.decode(list(response_ids), skip_special_tokens=True)
-    offset = text.find(marker)
-    if offset < 0:
-        return None
-    low, high = 1, len(response_ids)  # smallest k with len(decode(ids[:k])) > offset
-    while low < high:
-        mid = (low + high) // 2
-        if len(tokenizer.decode(list(response_ids[:mid]), skip_special_tokens=True)) > offset:
-            high = mid
-        else:
-            low = mid + 1
-    return low - 1
-
-
-def token_weights(length: int, formula_index: int | None, pre_formula_weight: float) -> np.ndarray:
-    """``[length]`` float32: ``pre_formula_weight`` before ``formula_index``, 1 from it on (all
-    ones when the index is None)."""
-    weights = np.ones(length, np.float32)
-    if formula_index is not None:
-        weights[:formula_index] = pre_formula_weight
-    return weights
-
-
 def buffer_rows(episodes: int, attempts: int, multiple: int) -> int:
     """Rows of a buffer that holds every possible step: ``episodes * attempts`` rounded up to
     a multiple of ``multiple`` (the microbatch size) — one fixed shape per run."""
@@ -168,15 +121,12 @@ def buffer_rows(episodes: int, attempts: int, multiple: int) -> int:
     return -(-need // multiple) * multiple
 
 
-def build_buffer(turns: Sequence[Turn], *, rows: int, pad_id: int, max_new_tokens: int,
-                 tokenizer=None, pre_formula_weight: float = 1.0,
-                 formula_marker: str = '"formula"') -> RolloutBuffer:
+def build_buffer(turns: Sequence[Step], *, rows: int, pad_id: int, max_new_tokens: int) -> RolloutBuffer:
     """The :class:`RolloutBuffer` of ``turns`` (episode-major, see :func:`episode_major`).
 
     ``P`` is :func:`rotax.sampling.sampler.bucket_length` of the longest prompt, ``R`` that of the
     longest response (at most ``max_new_tokens`` rounded up to a bucket), so shapes — and
-    compiles — change only between buckets. With ``pre_formula_weight != 1`` the tokenizer
-    locates ``formula_marker`` in each response (:func:`formula_position`).
+    compiles — change only between buckets.
     """
     ordered = episode_major(turns)
     if len(ordered) > rows:
@@ -202,12 +152,8 @@ def build_buffer(turns: Sequence[Turn], *, rows: int, pad_id: int, max_new_token
         tokens[i, p:p + n] = response
         attention[i, p:p + n] = True
         response_mask[i, :n] = 1.0
-        position = None
-        if pre_formula_weight != 1.0 and n:
-            if tokenizer is None:
-                raise ValueError("pre_formula_weight != 1 needs the tokenizer")
-            position = formula_position(tokenizer, response, formula_marker)
-        weight[i, :n] = token_weights(n, position, pre_formula_weight)
+        token_weight = getattr(turn, "token_weight", None)
+        weight[i, :n] = 1.0 if token_weight is None else np.asarray(token_weight, np.float32)[:n]
         sampler_logprob[i, :n] = np.asarray(turn.response_logprobs, np.float32)
         rewards[i] = turn.reward
         dones[i] = turn.done

@@ -25,8 +25,11 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import jax
 import ml_collections
 from ml_collections import config_dict
+
+from rotax.runtime import sharding as sharding_lib
 
 OVERRIDE_PREFIX = "--config."
 
@@ -65,6 +68,11 @@ def mesh_shape(shape: Sequence[int], device_count: int) -> tuple[int, int, int]:
 
 
 # ---------------------------------------------------------------- loading
+
+
+def mesh_from_config(config) -> "jax.sharding.Mesh":
+    """The ``(data, fsdp, tensor)`` mesh of ``config.mesh.shape`` over all devices."""
+    return sharding_lib.make_mesh(mesh_shape(config.mesh.shape, jax.device_count()))
 
 
 def load_config(source: str | os.PathLike, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:

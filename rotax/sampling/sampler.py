@@ -35,6 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rotax.models.decode_step import HeadMajorCache, decode_step, unroll_layers_by_default
 from rotax.runtime.host import to_global, to_host
+from rotax.runtime.sharding import batch_sharding
 from rotax.models import decoder
 from rotax.models.config import ModelConfig
 
@@ -307,7 +308,6 @@ def sample(cfg: ModelConfig, params, tokens, mask, key, options: SamplingOptions
         tokens, mask = jnp.asarray(tokens, jnp.int32), jnp.asarray(mask, bool)
         keys = row_keys(key, row_ids)
     else:  # rows split over ("data", "fsdp"), on every process of a multi-host mesh
-        from rotax.runtime.sharding import batch_sharding
         tokens, mask = to_global((_as(tokens, jnp.int32), _as(mask, bool)), batch_sharding(mesh))
         key_ndim = 1 + jax.eval_shape(lambda k: jax.random.fold_in(k, 0), key).ndim
         keys = _sharded_row_keys(key, np.asarray(row_ids, np.uint32), batch_sharding(mesh, key_ndim))

@@ -2,14 +2,11 @@
 
 A *batch source* is any callable ``source(seed, step) -> Batch`` (or an object with that
 ``__call__``) returning the same batch for the same arguments, so data order is a pure function
-of ``(seed, step)`` and a resumed run sees exactly the batches it would have seen. Provided:
-
-* :class:`GeneralPointsSource` — fresh solver-made GeneralPoints examples, one
-  ``random.Random`` per (seed, step, row): a hand, a face-card rule (fixed, or drawn by a
-  ``rule_sampler`` — the toy base is pre-trained on many rules), a solution, rendered and
-  tokenized;
-* :class:`JsonlChatSource` — a user's JSONL of ``{"messages": [...]}``: the prompt is every
-  message before the last assistant turn, the target that turn; epochs are seeded permutations.
+of ``(seed, step)`` and a resumed run sees exactly the batches it would have seen. Here:
+:class:`JsonlChatSource` — a user's JSONL of ``{"messages": [...]}``: the prompt is every
+message before the last assistant turn, the target that turn; epochs are seeded permutations.
+The GeneralPoints source and the ``data`` section's factory live with the task
+(:mod:`rotax.tasks.points.sft_source`).
 """
 
 from __future__ import annotations
@@ -22,6 +19,8 @@ from typing import Callable, NamedTuple, Sequence
 
 import ml_collections
 import numpy as np
+
+from rotax.io.tokenizer import encode_answer, encode_prompt
 
 log = logging.getLogger(__name__)
 
@@ -86,63 +85,6 @@ def pack_examples(examples: Sequence[Example], *, pad_id: int, bucket: int = 64,
     return Batch(tokens, loss_mask, attention)
 
 
-def parse_rule(text: str):
-    """``"id"`` / ``"ood"`` / ``"J,Q,K"`` (e.g. ``"10,10,10"``) -> a ``FaceRule``."""
-    from rotax.tasks.points import FaceRule, Rule
-
-    low = text.strip().lower()
-    if low in ("id", "ood"):
-        return Rule[low.upper()].value
-    try:
-        jack, queen, king = (int(x) for x in low.split(","))
-    except ValueError:
-        raise ValueError(f"face-card rule {text!r}: use 'id', 'ood' or three values 'J,Q,K'") from None
-    return FaceRule(jack, queen, king)
-
-
-class GeneralPointsSource:
-    """``(seed, step) -> Batch`` of GeneralPoints SFT examples.
-
-    ``encode(prompt, answer) -> (prompt_ids, answer_ids)`` tokenizes one rendered example
-    (:func:`tokenizer_encoder` builds it from a tokenizer). Each rule of ``rules`` is drawn
-    uniformly per example unless ``rule_sampler(rng) -> FaceRule`` is given. ``deal``
-    defaults to the study's deal for the drawn rule (every OOD hand holds a face card).
-    """
-
-    def __init__(self, encode: Callable, *, batch_size: int, pad_id: int, renderer=None,
-                 rules=("id",), rule_sampler: Callable | None = None, deal=None, ranks=None,
-                 solution_choice: str = "random", bucket: int = 64, max_length: int = 1024,
-                 stream: str = "sft"):
-        from rotax.tasks.points import JsonChatRenderer, STANDARD_RANKS
-
-        self.encode, self.batch_size, self.pad_id = encode, batch_size, pad_id
-        self.renderer = renderer or JsonChatRenderer()
-        self.rules = [parse_rule(r) if isinstance(r, str) else r for r in rules]
-        self.rule_sampler, self.deal = rule_sampler, deal
-        self.ranks = tuple(ranks or STANDARD_RANKS)
-        self.solution_choice, self.bucket, self.max_length = solution_choice, bucket, max_length
-        self.stream = stream
-
-    def example(self, seed: int, step: int, row: int) -> Example:
-        """The tokenized example in ``row`` of batch ``step``."""
-        from rotax.tasks.points import deal_hand, default_deal, sft_example
-
-        rng = random.Random(f"rotax/{self.stream}/{seed}/{step}/{row}")
-        rule = self.rule_sampler(rng) if self.rule_sampler else self.rules[rng.randrange(len(self.rules))]
-        deal = self.deal if self.deal is not None else default_deal(rule)
-        hand = deal_hand(rng, rule, deal, self.ranks)
-        prompt, answer = sft_example(hand, rule, self.renderer, rng, self.solution_choice)
-        prompt_ids, answer_ids = self.encode(prompt, answer)
-        if len(prompt_ids) + len(answer_ids) > self.max_length:
-            raise ValueError(f"GeneralPoints example of {len(prompt_ids) + len(answer_ids)} tokens "
-                             f"exceeds data.max_length={self.max_length}")
-        return prompt_ids, answer_ids
-
-    def __call__(self, seed: int, step: int) -> Batch:
-        rows = [self.example(seed, step, row) for row in range(self.batch_size)]
-        return pack_examples(rows, pad_id=self.pad_id, bucket=self.bucket, max_length=self.max_length)
-
-
 def chat_example(messages: Sequence[dict]) -> tuple[list[dict], str]:
     """``(prompt messages, target text)``: all turns before the last assistant turn, and it."""
     last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
@@ -204,37 +146,4 @@ class JsonlChatSource:
 def tokenizer_encoder(tok) -> Callable:
     """``encode(prompt, answer) -> (prompt_ids, answer_ids)`` with rotax.io.tokenizer's
     conventions: the prompt in the chat template with the generation prompt, the answer + EOS."""
-    from rotax.io.tokenizer import encode_answer, encode_prompt
-
     return lambda prompt, answer: (encode_prompt(tok, prompt), encode_answer(tok, answer))
-
-
-def make_renderer(data):
-    """The task renderer named by ``data.renderer`` (``json_chat`` or ``compact``)."""
-    from rotax.tasks.points import CompactRenderer, JsonChatRenderer
-
-    if data.renderer == "json_chat":
-        return JsonChatRenderer.from_template_file(data.template_file) if data.template_file \
-            else JsonChatRenderer()
-    if data.renderer == "compact":
-        return CompactRenderer()
-    raise ValueError(f"data.renderer {data.renderer!r}: choose json_chat or compact")
-
-
-def make_source(data, tok, *, batch_size: int, rules=None, stream: str = "sft"):
-    """The batch source ``data`` (the config section) names, tokenizing with ``tok``.
-    ``rules`` overrides ``data.rules`` (the probe sets use the ID and OOD rules)."""
-    from rotax.io.tokenizer import pad_id
-
-    encode = tokenizer_encoder(tok)
-    common = dict(batch_size=batch_size, pad_id=pad_id(tok), bucket=data.bucket,
-                  max_length=data.max_length)
-    if data.source == "general_points":
-        return GeneralPointsSource(encode, renderer=make_renderer(data),
-                                   rules=tuple(rules or data.rules),
-                                   solution_choice=data.solution_choice, stream=stream, **common)
-    if data.source == "jsonl":
-        if not data.jsonl_path:
-            raise ValueError("data.source=jsonl needs data.jsonl_path")
-        return JsonlChatSource(data.jsonl_path, encode, **common)
-    raise ValueError(f"data.source {data.source!r}: choose general_points or jsonl")

@@ -1,7 +1,8 @@
 """The SFT loop: batches from a source, the jitted step, checkpoints, evaluation, logging.
 
-``train(config, model_cfg, params, source, ...)`` runs ``config.sft.num_steps`` optimizer
-steps. Batch ``i`` is ``source(config.seed, i)``, so resuming from the checkpoint of step ``n``
+``train(config, model_cfg, params, source, ...)`` runs ``config.<section>.num_steps`` optimizer
+steps (``section`` is ``sft`` by default; the toy study pre-trains its base with the same loop
+and its own ``pretrain`` section). Batch ``i`` is ``source(config.seed, i)``, so resuming from the checkpoint of step ``n``
 replays exactly batches ``n, n+1, ...``. A non-finite loss or gradient norm stops the run with
 :class:`NonFiniteLossError` naming the step; nothing after the last good checkpoint is saved.
 """
@@ -16,22 +17,19 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 
-from rotax.runtime import sharding as sharding_lib
 from rotax.io.checkpoint import CheckpointStore, update_run_metadata
 from rotax.runtime.host import check_same_on_every_process, to_global, to_host
 from rotax.runtime.metrics import RunLogger, tokens_per_second
 from rotax.models.decoder import param_shapes
-from rotax.runtime.run_config import config_to_dict, mesh_shape, write_resolved_config
+from rotax.runtime.run_config import config_to_dict, mesh_from_config, write_resolved_config
 from rotax.sft.step import make_eval_loss, make_train_step, prepare_batch, train_batch_shardings
 from rotax.sft.data import Batch
-from rotax.training.train_state import abstract_train_state, init_train_state, make_optimizer
+from rotax.training.train_state import (NonFiniteLossError, abstract_train_state,
+                                        init_train_state, make_optimizer)
 
 log = logging.getLogger(__name__)
 STAGE = "sft"
 
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss or gradient norm became NaN/inf; the message names the step."""
 
 
 @dataclasses.dataclass
@@ -42,10 +40,6 @@ class SFTResult:
     max_ood: dict | None  # {"step", "metric", "value", "checkpoint"} of the best evaluation
     checkpoints: list     # checkpoint steps on disk
 
-
-def mesh_from_config(config) -> "jax.sharding.Mesh":
-    """The ``(data, fsdp, tensor)`` mesh of ``config.mesh.shape`` over all devices."""
-    return sharding_lib.make_mesh(mesh_shape(config.mesh.shape, jax.device_count()))
 
 
 def evaluate_probes(eval_loss, params, probe_sets: Mapping[str, Sequence[Batch]]) -> dict:
@@ -64,8 +58,10 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
           resume: bool = False, eval_hook: Callable | None = None,
           probe_sets: Mapping[str, Sequence[Batch]] | None = None,
           run_metadata: Mapping[str, Any] | None = None,
-          compiler_options: dict | None = None) -> SFTResult:
-    """Runs SFT under ``config`` (sections ``sft``, plus ``seed``, ``run_dir``, ``mesh``).
+          compiler_options: dict | None = None, section: str = "sft",
+          run_dir=None) -> SFTResult:
+    """Runs SFT under ``config`` (section ``section``, plus ``seed``, ``run_dir``, ``mesh``);
+    ``run_dir`` overrides ``config.run_dir`` (the study gives each stage its own directory).
 
     params: the starting canonical tree, or a zero-argument callable returning it (called
     only when not resuming). eval_hook(params, step) -> {metric: value} is called every
@@ -75,16 +71,18 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
     compiler_options: XLA options for the step and probe-loss jits.
     With ``resume`` the newest good checkpoint is restored (damaged ones are skipped).
     """
-    sft = config.sft
+    sft = config[section]
+    run_dir = str(run_dir or config.run_dir)
     mesh = mesh or mesh_from_config(config)
     if sft.batch_size % sft.grad_accum_steps:
-        raise ValueError(f"sft.batch_size={sft.batch_size} does not divide into "
-                         f"sft.grad_accum_steps={sft.grad_accum_steps} micro-batches")
+        raise ValueError(f"{section}.batch_size={sft.batch_size} does not divide into "
+                         f"{section}.grad_accum_steps={sft.grad_accum_steps} micro-batches")
     # the study's uneven checkpoint lists (0, 90, 140, 200, 300, ...): saved and evaluated
     explicit_steps = frozenset(int(x) for x in sft.get("checkpoint_steps", ()))
     outside = sorted(s for s in explicit_steps if not 0 <= s <= sft.num_steps)
     if outside:  # would silently never be saved
-        raise ValueError(f"sft.checkpoint_steps {outside} lie outside 0..sft.num_steps={sft.num_steps}")
+        raise ValueError(f"{section}.checkpoint_steps {outside} lie outside "
+                         f"0..{section}.num_steps={sft.num_steps}")
     rows = sft.batch_size // sft.grad_accum_steps
     split = mesh.shape["data"] * mesh.shape["fsdp"]
     if rows % split:
@@ -94,15 +92,15 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
     shardings = jax.tree.map(lambda a: a.sharding, abstract)
     run_metadata = dict(run_metadata or {})
     config_dict = config_to_dict(config)
-    write_resolved_config(config, config.run_dir)
-    store = CheckpointStore(config.run_dir, STAGE, keep=sft.keep_checkpoints or None,
+    write_resolved_config(config, run_dir)
+    store = CheckpointStore(run_dir, STAGE, keep=sft.keep_checkpoints or None,
                             async_save=sft.async_checkpointing)
     start, state, metadata = store.resume(abstract, resume=resume)
     best = metadata.get("sft_max_ood")
     fresh = state is None
     if state is None:
         state = init_train_state(params() if callable(params) else params, optimizer, config.seed, shardings)
-    update_run_metadata(config.run_dir, **run_metadata, sft_max_ood=best)
+    update_run_metadata(run_dir, **run_metadata, sft_max_ood=best)
 
     step_fn = make_train_step(model_cfg, optimizer, schedule, mesh, shardings,
                               compiler_options=compiler_options)
@@ -112,7 +110,7 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
     check_same_on_every_process(probe_sets or {}, "the probe batches")
     probe_sets = {name: [to_global(prepare_batch(b), batch_shardings) for b in batches]
                   for name, batches in (probe_sets or {}).items()}
-    logger = RunLogger(config.run_dir, STAGE, start_step=start, total_steps=sft.num_steps,
+    logger = RunLogger(run_dir, STAGE, start_step=start, total_steps=sft.num_steps,
                        progress=sft.progress)
 
     def observe(step: int) -> dict:
@@ -138,7 +136,7 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
         store.save(step, state, {**run_metadata, "config": config_dict, "metrics": metrics,
                                  "data_position": {"seed": int(config.seed), "next_batch": step},
                                  "sft_max_ood": best})
-        update_run_metadata(config.run_dir, sft_max_ood=best,
+        update_run_metadata(run_dir, sft_max_ood=best,
                             sft_last_checkpoint=str(store.path(step)))
 
     metrics: dict = {}
@@ -180,8 +178,3 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
 def _every(step: int, every: int) -> bool:
     return bool(every) and step % every == 0
 
-
-def host_params(state) -> dict:
-    """The params of a train state as numpy arrays (for comparisons and tests); on several
-    processes every one must call it (sharded leaves are all-gathered)."""
-    return to_host(state.params)

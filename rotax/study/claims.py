@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from rotax.study.advantage_panel import first_update_summary
+from rotax.study.report import percent
+from rotax.tasks.points.evaluation import difference_interval
 
 
 def _pct(x) -> str:
-    return "—" if x is None else f"{100 * x:.1f}%"
+    return percent(x, "%")
 
 
 def _verdict_recovery(rec, lo_ok: float = 0.5) -> str:
@@ -32,8 +34,6 @@ def _mean_metric(summary_rows, metric):
 def ood_difference(a: dict, b: dict) -> tuple[float, float]:
     """95% interval of OOD(a) − OOD(b) for two accuracy dicts with ``mean`` and ``n``
     (Newcombe's hybrid score interval); (nan, nan) without counts."""
-    from rotax.tasks.points.evaluation import difference_interval
-
     a, b = a["ood"], b["ood"]
     if not a.get("n") or not b.get("n"):
         return float("nan"), float("nan")

@@ -20,14 +20,14 @@ import jax
 import ml_collections
 from tqdm.auto import tqdm
 
-from rotax.study import stages as study_stages
+from rotax.study.context import StudyContext
+from rotax.study.stages import STAGE_FUNCTIONS, STAGES
 from rotax.runtime.host import barrier
 from rotax.runtime.run_config import config_to_dict, unique_path, write_resolved_config
 from rotax.study.resume import check_resumable
 
 log = logging.getLogger(__name__)
 
-STAGES = ("base", "sft", "ppo", "analysis", "resets", "autoselect", "report")
 # what each stage writes and would resume from, relative to the run directory
 STAGE_DIRS = {"base": ("base_init", "pretrain", "base"), "sft": ("sft",), "ppo": ("ppo",),
               "analysis": ("analysis",)}
@@ -126,7 +126,7 @@ def run_study(config, *, force: tuple[str, ...] = (), only: tuple[str, ...] = ()
             set_aside(run_dir, redone, time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
         barrier("study: forced stages set aside")
     outputs: dict = {}
-    context = study_stages.StudyContext(config, run_dir)
+    context = StudyContext(config, run_dir)
     bar = tqdm(STAGES, desc="study", unit="stage", disable=not config.study.progress)
     for index, stage in enumerate(bar):
         bar.set_postfix_str(stage)
@@ -140,7 +140,7 @@ def run_study(config, *, force: tuple[str, ...] = (), only: tuple[str, ...] = ()
             log.info("stage %s already finished (%s); skipping", stage, path)
             continue
         began = time.perf_counter()
-        result = getattr(study_stages, f"stage_{stage}")(context, outputs)
+        result = STAGE_FUNCTIONS[stage](context, outputs)
         result["seconds"] = time.perf_counter() - began
         outputs[stage] = result
         if jax.process_index() == 0:

@@ -19,16 +19,17 @@ import json
 from pathlib import Path
 
 
-def _pct(x) -> str:
-    return "—" if x is None else f"{100 * x:.1f}"
+def percent(x, suffix: str = "") -> str:
+    """A share as a percentage with one decimal (``"—"`` for None)."""
+    return "—" if x is None else f"{100 * x:.1f}{suffix}"
 
 
 def _acc(cell) -> str:
     if not cell:
         return "—"
     lo, hi = cell.get("ci", (None, None))
-    band = f" [{_pct(lo)}, {_pct(hi)}]" if lo is not None else ""
-    return f"{_pct(cell['mean'])}{band}"
+    band = f" [{percent(lo)}, {percent(hi)}]" if lo is not None else ""
+    return f"{percent(cell['mean'])}{band}"
 
 
 def recovered_fraction(base_ood: float | None, peak_ood: float, end_ood: float, value: float) -> float | None:

@@ -4,6 +4,17 @@ evaluation along the way and at the end."""
 from __future__ import annotations
 
 import copy
+import functools
+
+from rotax import sampling
+from rotax.io.hf import export_hf_checkpoint
+from rotax.io.tokenizer import pad_id
+from rotax.rl.ppo import loop as ppo_loop
+from rotax.study.context import StudyContext
+from rotax.study.curve import tracked_curve
+from rotax.tasks.points import Rule
+from rotax.tasks.points.accuracy import study_hands
+from rotax.tasks.points.environment import GeneralPointsEnvironment
 
 
 def resolve_starts(starts, sft: dict) -> list[tuple[str, int]]:
@@ -25,7 +36,8 @@ def resolve_starts(starts, sft: dict) -> list[tuple[str, int]]:
     return unique
 
 
-def run_ppo_stage(ctx, outputs: dict) -> dict:
+def run(ctx: StudyContext, outputs: dict) -> dict:
+    """PPO from each of ``study.ppo_starts`` × ``study.ppo_seeds``."""
     s, sft = ctx.config.study, outputs["sft"]
     runs = []
     for label, step in resolve_starts(s.ppo_starts, sft):
@@ -35,31 +47,23 @@ def run_ppo_stage(ctx, outputs: dict) -> dict:
     return {"runs": runs}
 
 
-def _environment(ctx, seed: int):
-    from rotax import sampling
-    from rotax.rl.rollout import GeneralPointsEnvironment
-    from rotax.tasks.points.accuracy import study_hands
-    from rotax.tasks.points import Rule
-
+def _environment(ctx: StudyContext, seed: int) -> GeneralPointsEnvironment:
+    """ID hands from the study's deck, fresh every update (seeds disjoint from the eval sets)."""
     p = ctx.config.ppo
-    ranks = ctx.ranks
-
-    class StudyEnvironment(GeneralPointsEnvironment):
-        def hands(self, update: int) -> list:  # the study's deck, fresh hands every update
-            return study_hands(Rule.ID, 20_000 + 1000 * seed + update, self.episodes, ranks)
-
     options = sampling.SamplingOptions(temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
                                        max_new_tokens=p.max_new_tokens)
-    return StudyEnvironment(ctx.tokenizer, ctx.renderer, Rule.ID, p.episodes_per_update, options,
-                            attempts=p.attempts, batch_size=p.rollout_batch_size, seed=seed, mesh=ctx.mesh)
+    deal = functools.partial(_study_deal, seed=seed, episodes=p.episodes_per_update, ranks=ctx.ranks)
+    return GeneralPointsEnvironment(ctx.tokenizer, ctx.renderer, Rule.ID, p.episodes_per_update, options,
+                                    attempts=p.attempts, batch_size=p.rollout_batch_size, seed=seed,
+                                    mesh=ctx.mesh, pre_formula_weight=p.pre_formula_weight,
+                                    formula_marker=p.formula_marker, deal=deal)
 
 
-def _train_one(ctx, run_label: str, start: str, step: int, seed: int) -> dict:
-    from rotax.rl.ppo import loop as ppo_loop
-    from rotax.io.hf import export_hf_checkpoint
-    from rotax.study.curve import tracked_curve
-    from rotax.io.tokenizer import pad_id
+def _study_deal(update: int, *, seed: int, episodes: int, ranks) -> list:
+    return study_hands(Rule.ID, 20_000 + 1000 * seed + update, episodes, ranks)
 
+
+def _train_one(ctx: StudyContext, run_label: str, start: str, step: int, seed: int) -> dict:
     config = copy.deepcopy(ctx.config)
     config.seed = ctx.config.seed + 100 * seed
     run_dir = ctx.run_dir / "ppo" / run_label
@@ -68,7 +72,7 @@ def _train_one(ctx, run_label: str, start: str, step: int, seed: int) -> dict:
 
     result = ppo_loop.train(config, ctx.model_cfg, lambda: ctx.sft_params(step), _environment(ctx, seed),
                             mesh=ctx.mesh, resume=True, pad_id=pad_id(ctx.tokenizer),
-                            tokenizer=ctx.tokenizer, eval_hook=hook,
+                            eval_hook=hook,
                             run_metadata={"source": str(ctx.base_dir), "sft_step": step})
     policy = result.state.params["policy"]
     export_hf_checkpoint(ctx.model_cfg, policy, run_dir / "final_hf", source=ctx.base_dir)  # gathers per tensor

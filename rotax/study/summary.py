@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from rotax.study.advantage_panel import advantage_figure, by_start  # noqa: E402
+from rotax.study.claims import claims  # noqa: E402
 from rotax.study.report import recovered_fraction  # noqa: E402
 
 
@@ -89,7 +90,6 @@ def build_summary(ctx, outputs: dict) -> dict:
         name = Path(f).name
         if name == "drift_vs_rotation.png" or f"sft_{sft['end_step']}" in name:
             figures.append({"path": str(Path(f).relative_to(run_dir)), "caption": f"{Path(f).parent.name}: {name}"})
-    from rotax.study.claims import claims
 
     return {"name": run_dir.name, "table": table, "claims": claims(ctx, outputs, table, advantage_groups),
             "figures": figures,

@@ -15,8 +15,13 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rotax.runtime import sharding as sharding_lib
+from rotax.runtime.host import to_host
 
 SCHEDULES = ("constant", "cosine", "linear")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient norm became NaN/inf; the message names the step (SFT) or update (PPO)."""
 
 
 class TrainState(NamedTuple):
@@ -126,3 +131,9 @@ def abstract_train_state(param_shapes, optimizer: optax.GradientTransformation,
     shardings = state_shardings(shapes, mesh)
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                         shapes, shardings)
+
+
+def host_params(state) -> dict:
+    """The params of a train state as numpy arrays (for comparisons and tests); on several
+    processes every one must call it (sharded leaves are all-gathered)."""
+    return to_host(state.params)

@@ -102,7 +102,7 @@ def test_explore_notebook_reproduces_the_study(smoke_run, tmp_path):
     and a UV merge of the top 20% on every layer: the spectra equal the study's analysis, the
     before/after table equals the study's reset grid, and the widgets' k = 0 reset equals the
     target."""
-    from rotax.study.explore import table_markdown
+    from rotax.notebook.explore import table_markdown
 
     run_dir = smoke_run[0]
     stage_files = _files(run_dir)
@@ -160,7 +160,7 @@ def test_explore_hf_pair_reproduces_the_ppo_evaluation(smoke_run, tmp_path):
     """HF-directory mode (what the notebook opens when ``run_dir`` is empty): the study's base
     and a PPO run's exported policy, with the smoke preset's evaluation settings, give the
     PPO run's final ID/OOD numbers."""
-    from rotax.study import explore
+    from rotax.notebook import explore
 
     run_dir = smoke_run[0]
     run = _stage(run_dir, "ppo")["runs"][-1]

@@ -1,16 +1,17 @@
-"""rotax.io.tokenizer: the toy word-level tokenizer and the prompt / answer / EOS conventions."""
+"""rotax.io.tokenizer (prompt / answer / EOS conventions) on the toy word-level tokenizer of rotax.tasks.points.toy_tokenizer."""
 
 import random
 
 import pytest
 
 from rotax.io import tokenizer as tk
+from rotax.tasks.points import toy_tokenizer as toy_tk
 from rotax.tasks.points import CompactRenderer, Episode, Rule, deal_hands, evaluation_hands
 
 
 @pytest.fixture(scope="module")
 def toy():
-    return tk.build_toy_tokenizer()
+    return toy_tk.build_toy_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def _dialogue():
 
 
 def test_toy_vocabulary_is_small_and_stable(toy):
-    vocab = tk.toy_vocabulary()
+    vocab = toy_tk.toy_vocabulary()
     assert len(vocab) == len(set(vocab)) == len(toy.get_vocab()) <= 100
     assert vocab[:5] == ["<pad>", "<bos>", "<eos>", "<unk>", "<sep>"]
     assert (toy.pad_token_id, toy.bos_token_id, toy.eos_token_id, toy.unk_token_id) == (0, 1, 2, 3)
@@ -42,7 +43,7 @@ def test_reload_through_auto_tokenizer_gives_identical_ids(toy, reloaded):
         tk.encode_answer(toy, "1 7 10 13 : ( 10 - 7 ) * 8")
     assert reloaded.get_vocab() == toy.get_vocab()
     assert (reloaded.eos_token_id, reloaded.pad_token_id) == (toy.eos_token_id, toy.pad_token_id)
-    assert tk.is_toy_tokenizer(reloaded)
+    assert toy_tk.is_toy_tokenizer(reloaded)
 
 
 def test_chat_template_layout(toy):

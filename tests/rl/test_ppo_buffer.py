@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 from rotax.rl import rollout
+from rotax.tasks.points import CompactRenderer, JsonChatRenderer
+from rotax.tasks.points import environment
 from rotax.tasks.points.episodes import Turn
-from rotax.io.tokenizer import build_toy_tokenizer
+from rotax.tasks.points.toy_tokenizer import build_toy_tokenizer
 
 
 def turn(episode, attempt, prompt, response, reward, done):
@@ -43,11 +45,17 @@ def test_formula_position_and_weights():
     tok = build_toy_tokenizer()
     answer = "1 7 10 13 : ( 10 - 7 ) * 8"
     ids = tok.encode(answer, add_special_tokens=False) + [tok.eos_token_id]
-    assert rollout.formula_position(tok, ids, ":") == 4
-    assert rollout.formula_position(tok, ids, '"formula"') is None
-    np.testing.assert_array_equal(rollout.token_weights(6, 4, 0.5), [0.5] * 4 + [1, 1])
-    np.testing.assert_array_equal(rollout.token_weights(3, None, 0.5), [1, 1, 1])
-    buf = rollout.build_buffer([turn(0, 0, [1, 2], ids, 5.0, True)], rows=2, pad_id=0,
-                               max_new_tokens=16, tokenizer=tok, pre_formula_weight=0.5,
-                               formula_marker=":")
+    assert environment.formula_position(tok, ids, ":") == 4
+    assert environment.formula_position(tok, ids, '"formula"') is None
+    np.testing.assert_array_equal(environment.token_weights(6, 4, 0.5), [0.5] * 4 + [1, 1])
+    np.testing.assert_array_equal(environment.token_weights(3, None, 0.5), [1, 1, 1])
+    assert environment.formula_marker_for(CompactRenderer()) == ":"
+    assert environment.formula_marker_for(JsonChatRenderer()) == '"formula"'
+    assert environment.formula_marker_for(CompactRenderer(), "=") == "="
+    weighed = environment.weigh_turn(turn(0, 0, [1, 2], ids, 5.0, True), tok, 0.5, ":")
+    buf = rollout.build_buffer([weighed], rows=2, pad_id=0, max_new_tokens=16)
     np.testing.assert_array_equal(buf.token_weight[0, :len(ids)], [0.5] * 4 + [1] * (len(ids) - 4))
+    assert buf.token_weight[0, len(ids):].sum() == 0 and buf.token_weight[1].sum() == 0
+    # weight 1 leaves every token at 1, and turns without weights count 1 per token
+    unweighed = environment.weigh_turn(turn(0, 0, [1, 2], ids, 5.0, True), tok, 1.0, ":")
+    np.testing.assert_array_equal(unweighed.token_weight, np.ones(len(ids)))

@@ -84,7 +84,7 @@ def _sft_checkpoint(tmp_path, base) -> Path:
 def test_sigkill_then_resume_is_bit_identical(tmp_path):
     """The uninterrupted run starts from the HF directory, the killed one from an SFT
     checkpoint of the same weights: equality also shows both --init paths load the same."""
-    from rotax.io.tokenizer import build_toy_tokenizer
+    from rotax.tasks.points.toy_tokenizer import build_toy_tokenizer
     from rotax.tasks.points.toy import write_toy_base
 
     base = write_toy_base(tmp_path / "base", build_toy_tokenizer(), jax.random.PRNGKey(0),

@@ -19,8 +19,9 @@ from rotax.sft import step as sft
 from rotax.sft import loop as sft_loop
 from rotax.io.checkpoint import CheckpointStore
 from rotax.io.hf import hf_names
-from rotax.sft.data import GeneralPointsSource, JsonlChatSource, pack_examples
-from rotax.training.train_state import make_optimizer, optimizer_config
+from rotax.sft.data import JsonlChatSource, pack_examples, tokenizer_encoder
+from rotax.tasks.points.sft_source import GeneralPointsSource
+from rotax.training.train_state import host_params, make_optimizer, optimizer_config
 from tests.support import hf_fixtures
 from tests.support import sft_run_check
 
@@ -148,8 +149,7 @@ def test_pack_examples_right_pads_to_a_bucket_and_masks_answers():
 
 def test_general_points_batches_are_a_function_of_seed_and_step():
     from rotax.tasks.points import CompactRenderer
-    from rotax.io.tokenizer import build_toy_tokenizer
-    from rotax.sft.data import tokenizer_encoder
+    from rotax.tasks.points.toy_tokenizer import build_toy_tokenizer
 
     tok = build_toy_tokenizer()
     source = GeneralPointsSource(tokenizer_encoder(tok), batch_size=4, pad_id=tok.pad_token_id,
@@ -304,5 +304,5 @@ def test_resume_from_the_initial_checkpoint_does_not_save_it_again(llama_dir, tm
     shutil.rmtree(store.path(2))  # as if the kill came before orbax finalized step 2
     again = sft_loop.train(config, cfg, load, source, resume=True, compiler_options=FAST_COMPILE)
     assert store.steps() == [0, 2]
-    for a, b in zip(jax.tree.leaves(sft_loop.host_params(first.state)), jax.tree.leaves(sft_loop.host_params(again.state))):
+    for a, b in zip(jax.tree.leaves(host_params(first.state)), jax.tree.leaves(host_params(again.state))):
         np.testing.assert_array_equal(a, b)

@@ -87,7 +87,7 @@ def main_meshes(root, hf_dir):
     from rotax.io import base_model
     from rotax.runtime import sharding
     from rotax.io.checkpoint import CheckpointStore
-    from rotax.sft.loop import host_params
+    from rotax.training.train_state import host_params
     from rotax.training.train_state import abstract_train_state, make_optimizer
 
     assert jax.device_count() == 8, jax.devices()

@@ -26,21 +26,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from rotax.rl import ppo as ppo_lib
-from rotax.runtime import sharding as sharding_lib
 from rotax.io.checkpoint import CheckpointStore, update_run_metadata
 from rotax.runtime.host import check_same_on_every_process, to_global, to_host
 from rotax.runtime.metrics import RunLogger, tokens_per_second
 from rotax.rl.rollout import Environment, Rollout, build_buffer, buffer_rows
-from rotax.runtime.run_config import config_to_dict, mesh_shape, write_resolved_config
-from rotax.training.train_state import TrainState, init_train_state
+from rotax.runtime.run_config import config_to_dict, mesh_from_config, write_resolved_config
+from rotax.training.train_state import NonFiniteLossError, TrainState, init_train_state
 
 log = logging.getLogger(__name__)
 ROLLOUT_STREAM = 0x5EED
 VALUE_HEAD_STREAM = 0x7A1E
 
-
-class NonFiniteLossError(FloatingPointError):
-    """The PPO loss or gradient norm became NaN/inf; the message names the update."""
 
 
 @dataclasses.dataclass
@@ -50,10 +46,6 @@ class PPOResult:
     metrics: dict         # the last update's metrics
     checkpoints: list     # checkpoint steps (= updates done) on disk
 
-
-def mesh_from_config(config) -> "jax.sharding.Mesh":
-    """The ``(data, fsdp, tensor)`` mesh of ``config.mesh.shape`` over all devices."""
-    return sharding_lib.make_mesh(mesh_shape(config.mesh.shape, jax.device_count()))
 
 
 def rollout_metrics(rollout: Rollout) -> dict:
@@ -98,15 +90,15 @@ class HistogramWriter:
 
 
 def train(config, model_cfg, init_policy, env: Environment, *, mesh=None, resume: bool = False,
-          pad_id: int = 0, tokenizer=None, eval_hook: Callable | None = None,
+          pad_id: int = 0, eval_hook: Callable | None = None,
           run_metadata: Mapping[str, Any] | None = None,
           reference_policy: Callable | None = None) -> PPOResult:
     """Runs PPO under ``config`` (sections ``ppo``, plus ``seed``, ``run_dir``, ``mesh``).
 
     init_policy: the starting canonical tree, or a zero-argument callable returning it
     (called only when a fresh state is needed or the KL reference is). env: plays the
-    episodes (:class:`rotax.rl.rollout.GeneralPointsEnvironment` for GeneralPoints). tokenizer is
-    needed only when ``ppo.pre_formula_weight != 1``. eval_hook(policy_params, update) ->
+    episodes (:class:`rotax.tasks.points.environment.GeneralPointsEnvironment` for GeneralPoints;
+    it also sets the per-token weights). eval_hook(policy_params, update) ->
     {metric: value} runs every ``ppo.eval_every`` updates (and at 0). reference_policy: a
     callable returning the frozen KL reference (default: ``init_policy``); used only when
     ``ppo.kl_coef != 0``. With ``resume`` the newest good checkpoint of stage ``ppo.stage``
@@ -146,7 +138,6 @@ def train(config, model_cfg, init_policy, env: Environment, *, mesh=None, resume
     update_fn = ppo_lib.make_update_fn(model_cfg, settings, opt, mesh)
     placement = ppo_lib.buffer_shardings(mesh)
     rows = buffer_rows(cfg_ppo.episodes_per_update, cfg_ppo.attempts, settings.microbatch_size)
-    marker = cfg_ppo.formula_marker or _renderer_marker(getattr(env, "renderer", None))
     root = jax.random.fold_in(jax.random.PRNGKey(config.seed), ROLLOUT_STREAM)
     logger = RunLogger(config.run_dir, stage, start_step=start, total_steps=cfg_ppo.num_updates,
                        progress=cfg_ppo.progress)
@@ -174,8 +165,7 @@ def train(config, model_cfg, init_policy, env: Environment, *, mesh=None, resume
             began = time.perf_counter()
             rollout = env.play(model_cfg, state.params["policy"], jax.random.fold_in(root, update), update)
             buffer = build_buffer(rollout.turns, rows=rows, pad_id=pad_id,
-                                  max_new_tokens=cfg_ppo.max_new_tokens, tokenizer=tokenizer,
-                                  pre_formula_weight=cfg_ppo.pre_formula_weight, formula_marker=marker)
+                                  max_new_tokens=cfg_ppo.max_new_tokens)
             # every process scored the gathered rollout itself (rewards, revisions): a process with
             # another environment or tokenizer must stop the run, not mix its rows in
             check_same_on_every_process(buffer, f"PPO buffer of update {update} (seed {config.seed})")
@@ -212,22 +202,3 @@ def train(config, model_cfg, init_policy, env: Environment, *, mesh=None, resume
         logger.close()
         histograms.close()
     return PPOResult(state, cfg_ppo.num_updates, metrics, store.steps())
-
-
-def _renderer_marker(renderer) -> str:
-    """Where the formula starts in a renderer's answers: ``:`` for the compact form (its
-    ``ANSWER_MARK``), else the JSON key ``"formula"``."""
-    return getattr(renderer, "ANSWER_MARK", None) or '"formula"'
-
-
-def _sampler_gap(buffer, scores) -> dict:
-    """Mean |sampler log-prob − recomputed log-prob| per response token (a sampler check)."""
-    mask, sampler, scored = to_host((buffer.response_mask, buffer.sampler_logprob, scores.token_logprob))
-    gap = np.abs(sampler - scored)
-    return {"sampler_logprob_gap": float((gap * mask).sum() / max(mask.sum(), 1.0))}
-
-
-def host_params(state: TrainState) -> dict:
-    """The params of a train state as numpy arrays (for comparisons and tests); on several
-    processes every one must call it (sharded leaves are all-gathered)."""
-    return to_host(state.params)

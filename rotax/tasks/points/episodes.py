@@ -54,6 +54,7 @@ class Turn:
     truncated: bool
     kind: str
     reasons: str
+    token_weight: np.ndarray | None = None  # per response token, set by the PPO environment
 
 
 @dataclasses.dataclass

@@ -28,7 +28,7 @@ import numpy as np
 
 from rotax import sampling
 from rotax.tasks.points.episodes import EpisodeBatch, Generator, run_episodes
-from rotax.tasks.points import KINDS, MAX_ATTEMPTS, Renderer, RuleLike, evaluation_hands
+from rotax.tasks.points import KINDS, MAX_ATTEMPTS, Renderer, Rule, RuleLike, evaluation_hands
 
 FORMAT_ERROR_KINDS = ("missing", "illegal")
 
@@ -198,3 +198,23 @@ def format_table(report: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     note = "(proportions in %, 95% Wilson intervals; mean_reward with a normal 95% interval)"
     return note + "\n" + "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def training_eval_hook(section, model_cfg, tokenizer, renderer, mesh):
+    """``hook(params, step) -> {id_accuracy, ood_accuracy, id_first_attempt,
+    ood_first_attempt}`` from :func:`evaluate` (greedy, revision episodes) on the first
+    ``section.eval_hands`` hands of each seeded set; ``section`` is the ``sft`` or ``ppo``
+    config section."""
+
+    def hook(params, step):
+        out = {}
+        for name, rule in (("id", Rule.ID), ("ood", Rule.OOD)):
+            report = evaluate(model_cfg, params, tokenizer, renderer, rule,
+                              seeds=tuple(section.eval_seeds), n=section.eval_hands,
+                              batch_size=section.eval_batch_size, mesh=mesh, progress=False)
+            pooled = report["over_seeds"]
+            out[f"{name}_accuracy"] = pooled["within"]["mean"]
+            out[f"{name}_first_attempt"] = pooled["first_attempt"]["mean"]
+        return out
+
+    return hook

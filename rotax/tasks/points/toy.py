@@ -16,8 +16,14 @@ from pathlib import Path
 
 import jax
 
+from rotax.io.hf import export_hf_checkpoint
+from rotax.io.tokenizer import pad_id
 from rotax.models.config import ModelConfig
+from rotax.models.decoder import init_params
+from rotax.sft.data import tokenizer_encoder
+from rotax.tasks.points import Deal, sft_example
 from rotax.tasks.points.cards import EXTENDED_NUMBER_RANKS, STANDARD_RANKS, FaceRule, Rule
+from rotax.tasks.points.sft_source import GeneralPointsSource
 
 #: A, 2..10, 11, 12, 13 (number cards), J, Q, K.
 TOY_RANKS = STANDARD_RANKS[:10] + EXTENDED_NUMBER_RANKS + STANDARD_RANKS[10:]
@@ -44,9 +50,6 @@ def toy_hf_config(vocab_size: int, *, hidden: int = 128, layers: int = 4, heads:
 def write_toy_base(out_dir: str | Path, tokenizer, key: jax.Array, **model_kwargs) -> Path:
     """Writes a randomly initialised toy model + ``tokenizer`` as an HF directory (the starting
     point of base pre-training). Returns ``out_dir``."""
-    from rotax.models.decoder import init_params
-    from rotax.io.hf import export_hf_checkpoint
-
     out_dir = Path(out_dir)
     hf = toy_hf_config(len(tokenizer), eos_token_id=tokenizer.eos_token_id,
                        bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
@@ -70,25 +73,28 @@ def pretraining_rule(rng: random.Random, id_share: float = 0.5) -> FaceRule:
     return Rule.ID.value if rng.random() < id_share else random_face_rule(rng)
 
 
+class PoolSource(GeneralPointsSource):
+    """:class:`GeneralPointsSource` drawing its ``(hand, rule)`` pairs from a fixed ``pool``."""
+
+    def __init__(self, pool, encode, **kwargs):
+        super().__init__(encode, **kwargs)
+        self.pool = list(pool)
+
+    def example(self, seed: int, step: int, row: int):
+        rng = random.Random(f"rotax/{self.stream}/{seed}/{step}/{row}")
+        hand, rule = self.pool[rng.randrange(len(self.pool))]
+        prompt, answer = sft_example(hand, rule, self.renderer, rng, self.solution_choice)
+        return self.encode(prompt, answer)
+
+
 def hand_pool_source(pool, tokenizer, renderer, *, batch_size: int, bucket: int, max_length: int,
                      solution_choice: str = "random", stream: str = "sft"):
     """A ``(seed, step) -> Batch`` source over a fixed pool of ``(hand, rule)`` pairs — the
     finite SFT set the study over-fits on. Row ``r`` of batch ``step`` is a pure function of
     ``(seed, step, r)``."""
-    from rotax.sft.data import GeneralPointsSource, tokenizer_encoder
-    from rotax.tasks.points import sft_example
-    from rotax.io.tokenizer import pad_id
-
-    class _PoolSource(GeneralPointsSource):
-        def example(self, seed: int, step: int, row: int):
-            rng = random.Random(f"rotax/{self.stream}/{seed}/{step}/{row}")
-            hand, rule = pool[rng.randrange(len(pool))]
-            prompt, answer = sft_example(hand, rule, self.renderer, rng, self.solution_choice)
-            return self.encode(prompt, answer)
-
-    return _PoolSource(tokenizer_encoder(tokenizer), batch_size=batch_size, pad_id=pad_id(tokenizer),
-                       renderer=renderer, solution_choice=solution_choice, bucket=bucket,
-                       max_length=max_length, stream=stream)
+    return PoolSource(pool, tokenizer_encoder(tokenizer), batch_size=batch_size,
+                      pad_id=pad_id(tokenizer), renderer=renderer, solution_choice=solution_choice,
+                      bucket=bucket, max_length=max_length, stream=stream)
 
 
 def pretraining_source(tokenizer, renderer, *, batch_size: int, bucket: int, max_length: int,
@@ -98,10 +104,6 @@ def pretraining_source(tokenizer, renderer, *, batch_size: int, bucket: int, max
     function of the scratchpad): one target per value multiset is far easier for a 0.8M model
     than a uniform choice among all solutions (measured after 600 steps, ID / OOD: random
     10% / 6%, hand-order canonical 18% / 6%, sorted 49% / 19%)."""
-    from rotax.sft.data import GeneralPointsSource, tokenizer_encoder
-    from rotax.tasks.points import Deal
-    from rotax.io.tokenizer import pad_id
-
     return GeneralPointsSource(tokenizer_encoder(tokenizer), batch_size=batch_size,
                                pad_id=pad_id(tokenizer), renderer=renderer,
                                rule_sampler=lambda rng: pretraining_rule(rng, id_share),

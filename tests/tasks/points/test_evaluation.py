@@ -12,7 +12,8 @@ from rotax.tasks.points import evaluation
 from rotax.tasks.points.episodes import run_episodes
 from rotax.sampling.sampler import Generation
 from rotax.tasks.points import CompactRenderer, Rule, canonical_solution, card_values, grade_response
-from rotax.io.tokenizer import build_toy_tokenizer, encode_answer, encode_prompt
+from rotax.io.tokenizer import encode_answer, encode_prompt
+from rotax.tasks.points.toy_tokenizer import build_toy_tokenizer
 
 HANDS = [("A", "7", "10", "K"), ("2", "3", "4", "6"), ("Q", "Q", "2", "A")]  # under Rule.OOD
 

@@ -28,8 +28,16 @@ from rotax.analysis import resets
 from rotax.analysis import spectral
 from rotax.analysis import plots as spectral_plots
 from rotax.analysis.selectors import Selector
-from rotax.study.stages import TEST_SEED_OFFSET, StudyContext
+from rotax.study.context import TEST_SEED_OFFSET, StudyContext
 from rotax.analysis.subspace import rank_setting
+from rotax.configs.study_settings import study_config
+from rotax.configs.toy import get_config as toy_config
+from rotax.io.hf import load_hf_checkpoint
+from rotax.io.tokenizer import load_tokenizer
+from rotax.runtime.run_config import apply_overrides, config_from_dict
+from rotax.study.pipeline import apply_preset
+from rotax.study.report import percent, recovered_fraction
+from rotax.tasks.points.toy_tokenizer import is_toy_tokenizer
 
 RESETS = ("uv_merge", "triplet_swap", "sigma_only", "reset_layers")
 _RESET_TITLES = {"uv_merge": "UV merge", "triplet_swap": "triplet swap", "sigma_only": "Σ-only",
@@ -150,7 +158,6 @@ class Explorer:
         """Rows ``{"name", "id", "ood", "recovered", "seconds"}`` for the reference, the target
         (before) and each of ``edits`` (``{label: params}``, after). ``recovered``: the share
         of the reference-to-target OOD gap an edit wins back (None without a gap)."""
-        from rotax.study.report import recovered_fraction
 
         reference, target = reference or self.reference, target or self.target
         rows = []
@@ -208,17 +215,13 @@ def _short(name: str, width: int = 28) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
-def _pct(x) -> str:
-    return "—" if x is None else f"{100 * x:.1f}"
-
-
 def table_markdown(rows: Sequence[dict]) -> str:
     """The before/after table of :meth:`Explorer.compare` as Markdown."""
     lines = ["| model | ID acc % [95% CI] | OOD acc % [95% CI] | ID / OOD first attempt % | "
              "ID / OOD mean reward | % of OOD gap recovered |", "|---|---|---|---|---|---|"]
     for r in rows:
-        cells = [f"{_pct(r[s]['mean'])} [{_pct(r[s]['ci'][0])}, {_pct(r[s]['ci'][1])}]" for s in ("id", "ood")]
-        first = f"{_pct(r['id']['first_attempt'])} / {_pct(r['ood']['first_attempt'])}"
+        cells = [f"{percent(r[s]['mean'])} [{percent(r[s]['ci'][0])}, {percent(r[s]['ci'][1])}]" for s in ("id", "ood")]
+        first = f"{percent(r['id']['first_attempt'])} / {percent(r['ood']['first_attempt'])}"
         reward = f"{r['id']['mean_reward']:.3f} / {r['ood']['mean_reward']:.3f}"
         rec = "—" if r.get("recovered") is None else f"{100 * r['recovered']:.0f}"
         lines.append(f"| {r['name']} | {cells[0]} | {cells[1]} | {first} | {reward} | {rec} |")
@@ -245,8 +248,6 @@ def open_run(run_dir, *, out_dir=None) -> Explorer:
     """The models of a ``rotax study`` run directory: ``base``, ``sft_<step>`` per SFT
     checkpoint and ``ppo_<label>`` per PPO run; default pair = the study's reset reference
     (peak-OOD SFT checkpoint or base) and the SFT end."""
-    from rotax.runtime.run_config import config_from_dict
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir}: not a study run directory (no config.json)")
@@ -270,34 +271,15 @@ def open_run(run_dir, *, out_dir=None) -> Explorer:
     return Explorer(ctx, models, reference, target, out_dir)
 
 
-class _PairContext(StudyContext):
-    """A StudyContext whose tokenizer and model config come from ``model_dir``."""
-
-    def __init__(self, config, model_dir):
-        super().__init__(config, Path(model_dir))
-        self._model_dir = Path(model_dir)
-
-    @property
-    def base_dir(self) -> Path:
-        return self._model_dir
-
-
 def open_hf(reference_dir, target_dir, *, overrides: Sequence[str] = (), out_dir=None) -> Explorer:
-    """A reference and a fine-tuned HF directory (loaded with :func:`rotax.load_hf`; tokenizer
+    """A reference and a fine-tuned HF directory (loaded with :func:`rotax.io.hf.load_hf_checkpoint`; tokenizer
     and chat template from the target). Evaluation settings: the toy config's when the
     tokenizer is the toy's, else the study's real-model settings; ``overrides`` are
     ``"section.key=value"`` strings on top (``"study.preset=smoke"`` applies the preset,
     ``"model.param_dtype=bfloat16"`` halves the memory of a large pair)."""
-    import rotax
-    from rotax.runtime.run_config import apply_overrides
-    from rotax.study.pipeline import apply_preset
-    from rotax.io.tokenizer import is_toy_tokenizer, load_tokenizer
-
     if is_toy_tokenizer(load_tokenizer(target_dir)):
-        from rotax.configs.toy import get_config
-        config = get_config()
+        config = toy_config()
     else:
-        from rotax.configs.study_settings import study_config
         config = study_config(run_dir=str(target_dir), sft_steps=1, ppo_updates=1,
                               episodes_per_update=1, ppo_minibatch=1)
     config.model.path = str(target_dir)
@@ -305,11 +287,11 @@ def open_hf(reference_dir, target_dir, *, overrides: Sequence[str] = (), out_dir
     apply_overrides(config, overrides)
     apply_preset(config)
     apply_overrides(config, overrides)  # as on the command line: overrides win over the preset
-    ctx = _PairContext(config, target_dir)
+    ctx = StudyContext(config, Path(target_dir), base_dir=target_dir)
     m = config.model
 
     def load(path):
-        return lambda: rotax.load_hf(path, mesh=ctx.mesh, dtype=m.param_dtype or None,
+        return lambda: load_hf_checkpoint(path, mesh=ctx.mesh, dtype=m.param_dtype or None,
                                      compute_dtype=m.compute_dtype or None)[1]
 
     return Explorer(ctx, {"reference": load(reference_dir), "target": load(target_dir)},

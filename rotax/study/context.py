@@ -1,0 +1,94 @@
+"""What the stages of `rotax study` share: config, run directory, mesh, tokenizer, renderer,
+the loaders of every model the study makes, and its evaluation on seeded hand sets."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+
+import jax
+
+from rotax.io import base_model
+from rotax.io.checkpoint import CheckpointStore, restore_params
+from rotax.io.tokenizer import load_tokenizer
+from rotax.models.decoder import param_shapes
+from rotax.runtime.run_config import mesh_from_config
+from rotax.runtime.sharding import param_shardings
+from rotax.tasks.points import STANDARD_RANKS, Rule
+from rotax.tasks.points.accuracy import evaluate_accuracy, study_hands
+from rotax.tasks.points.sft_source import make_renderer
+from rotax.tasks.points.toy import TOY_RANKS
+
+
+#: Hand-set seeds: curves use 1000 + seed, the final test sets 1000 + 100 + seed (disjoint).
+TEST_SEED_OFFSET = 100
+
+
+class StudyContext:
+    """Config, run directory, mesh, tokenizer and renderer shared by the stages."""
+
+    def __init__(self, config, run_dir: Path, base_dir: Path | None = None):
+        self.config, self.run_dir = config, Path(run_dir)
+        # the study's base model (a pair opened from two HF directories: the target)
+        self.base_dir = Path(base_dir) if base_dir is not None else self.run_dir / "base"
+        self.mesh = mesh_from_config(config)
+        self.ranks = TOY_RANKS if config.study.deck == "toy" else STANDARD_RANKS
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):  # not cached: the base stage writes the directory first
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.base_dir)
+        return self._tokenizer
+
+    @functools.cached_property
+    def renderer(self):
+        return make_renderer(self.config.data)
+
+    @functools.cached_property
+    def model_cfg(self):
+        return base_model.model_config(self.config.model, self.base_dir)
+
+    def abstract_params(self):
+        shapes = param_shapes(self.model_cfg)
+        shardings = param_shardings(shapes, self.mesh)
+        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+    def base_params(self):
+        cfg, params, _ = base_model.load_base(with_path(self.config.model, self.base_dir), self.mesh, self.run_dir)
+        return params
+
+    def sft_params(self, step: int):
+        return restore_params(CheckpointStore(self.run_dir / "sft", "sft").path(step), self.abstract_params())
+
+    def load_ppo_params(self, run: dict):
+        _, params, _ = base_model.load_base(with_path(self.config.model, run["policy_dir"]), self.mesh,
+                                            self.run_dir)
+        return params
+
+    def evaluate(self, params, rule, *, n: int, seeds, seed_offset: int = 0) -> dict:
+        """Accuracy pooled over ``seeds`` (each a fresh seeded hand set of ``n`` hands)."""
+        s = self.config.study
+        hands = [h for seed in seeds for h in study_hands(rule, 1000 + seed_offset + seed, n, self.ranks)]
+        return evaluate_accuracy(self.model_cfg, params, self.tokenizer, self.renderer, hands, rule,
+                                 attempts=s.attempts, max_new_tokens=s.max_new_tokens,
+                                 batch_size=s.eval_batch_size, seed=seed_offset)
+
+    def evaluate_id_ood(self, params, *, n: int, seeds, seed_offset: int = 0) -> dict:
+        return {"id": self.evaluate(params, Rule.ID, n=n, seeds=seeds, seed_offset=seed_offset),
+                "ood": self.evaluate(params, Rule.OOD, n=n, seeds=seeds, seed_offset=seed_offset)}
+
+    def evaluate_test(self, params) -> dict:
+        """ID/OOD on the final test sets (``reset_hands`` × ``eval_seeds``), whose hands are
+        disjoint from the curve hands the peak-OOD checkpoint was picked on (no winner's curse)
+        and from the auto-select probe hands."""
+        s = self.config.study
+        return self.evaluate_id_ood(params, n=s.reset_hands, seeds=s.eval_seeds, seed_offset=TEST_SEED_OFFSET)
+
+
+def with_path(model_section, path):
+    """A copy of the ``model`` section loading from ``path``."""
+    section = copy.deepcopy(model_section)
+    section.path = str(path)
+    return section

@@ -1,0 +1,36 @@
+"""The analysis stage of `rotax study`: spectra and singular-vector rotation of every
+checkpoint against the base and the peak-OOD checkpoint."""
+
+from __future__ import annotations
+
+import jax
+
+from rotax.analysis import plots as spectral_plots
+from rotax.analysis import spectral
+from rotax.analysis.subspace import rank_setting
+from rotax.study.context import StudyContext
+
+
+def run(ctx: StudyContext, outputs: dict) -> dict:
+    """Every SFT checkpoint (and PPO end points) against the base and the peak-OOD checkpoint,
+    each metric beside its matched-norm null."""
+    s, sft = ctx.config.study, outputs["sft"]
+    out_dir = ctx.run_dir / "analysis"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    targets = {f"sft_{step}": ctx.sft_params(step) for step in sft["checkpoints"] if step > 0}
+    for run in outputs.get("ppo", {}).get("runs", []):
+        targets[run["label"]] = ctx.load_ppo_params(run)
+    references = {"base": ctx.base_params(), "peak": ctx.sft_params(sft["peak_step"])}
+    files, summaries = [], {}
+    for ref_name, reference in references.items():
+        chosen = {k: v for k, v in targets.items() if k != f"sft_{sft['peak_step']}" or ref_name != "peak"}
+        result = spectral.analyze(reference, chosen, k=rank_setting(s.analysis_k), null_seeds=s.null_seeds,
+                                  key=jax.random.key(ctx.config.seed), layer_ids=ctx.model_cfg.layer_ids,
+                                  progress=s.progress)
+        sub = out_dir / f"vs_{ref_name}"
+        sub.mkdir(exist_ok=True)
+        result.write_csv(sub / "metrics.csv")
+        result.save_npz(sub / "arrays.npz")
+        files += [str(p) for p in spectral_plots.plot_all(result, sub)]
+        summaries[ref_name] = spectral.summarize(result.rows)
+    return {"figures": files, "summary": summaries, "targets": sorted(targets)}
