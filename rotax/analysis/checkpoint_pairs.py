@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from rotax.analysis.selectors import is_matrix, is_stacked, module_type
+from rotax.analysis.selectors import is_matrix, module_type
 from rotax.io.hf import SafetensorsReader, hf_names
 from rotax.models.config import ModelConfig
 from rotax.models.decoder import param_shapes
+from rotax.runtime.tree_paths import flatten_by_path, is_stacked
 
 
 class CheckpointStack:
@@ -38,10 +38,8 @@ def checkpoint_pairs(reference: Path, targets: dict[str, Path], modules):
     for label, directory in targets.items():
         readers[label] = SafetensorsReader(directory)
         configs[label] = ModelConfig.from_hf_dir(directory)
-    leaves = jax.tree_util.tree_flatten_with_path(param_shapes(cfg))[0]
     plan = []
-    for path_, leaf in leaves:
-        path = tuple(getattr(k, "key", str(k)) for k in path_)
+    for path, leaf in flatten_by_path(param_shapes(cfg)).items():
         if not is_matrix(path, len(leaf.shape)) or module_type(path) not in modules:
             continue
         per_tensor = leaf.shape[1:] if is_stacked(path) else leaf.shape

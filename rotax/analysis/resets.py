@@ -29,16 +29,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rotax.analysis.selectors import Selector, is_stacked, layer_numbering, stacked_indices
+from rotax.analysis.selectors import Selector, layer_numbering, stacked_indices
 from rotax.analysis.subspace import HIGHEST, map_layers, resolve_rank
+from rotax.runtime.tree_paths import flatten_by_path, is_stacked, unflatten_like
 
-Path = tuple[str, ...]
 
 
 def check_compatible(target, reference) -> None:
     """Raises ValueError naming the first tensor present in only one tree or whose shapes
     differ (with both shapes)."""
-    flat_t, flat_r = _flatten(target), _flatten(reference)
+    flat_t, flat_r = flatten_by_path(target), flatten_by_path(reference)
     for path, leaf in flat_t.items():
         name = ".".join(path)
         if path not in flat_r:
@@ -107,7 +107,7 @@ def reset_layers(target, reference, layers, include_embeddings: bool = False,
     The final norm is never touched. Raises ValueError for an empty selection, mismatched
     trees, or ``include_head`` on a tied model (its head is ``embed_tokens``)."""
     check_compatible(target, reference)
-    flat_t, flat_r = _flatten(target), _flatten(reference)
+    flat_t, flat_r = flatten_by_path(target), flatten_by_path(reference)
     if include_head and ("lm_head", "weight") not in flat_t:
         raise ValueError("include_head: this model ties its LM head to embed_tokens (no lm_head "
                          "tensor); use include_embeddings=True")
@@ -126,14 +126,14 @@ def reset_layers(target, reference, layers, include_embeddings: bool = False,
             out[path] = ref if ref.dtype == leaf.dtype else _cast_like(ref, leaf)
         else:
             out[path] = leaf
-    return _unflatten(target, out)
+    return unflatten_like(target, out)
 
 
 def _restore(target, reference, selector, k_top, k_tail, mode, layer_ids, num_hidden_layers):
     check_compatible(target, reference)
     selector = selector if isinstance(selector, Selector) else Selector(**dict(selector))
     chosen = selector.resolve(target, layer_ids, num_hidden_layers)
-    flat_t, flat_r = _flatten(target), _flatten(reference)
+    flat_t, flat_r = flatten_by_path(target), flatten_by_path(reference)
     out = dict(flat_t)
     for path, indices in chosen.items():
         leaf, ref = flat_t[path], flat_r[path]
@@ -152,7 +152,7 @@ def _restore(target, reference, selector, k_top, k_tail, mode, layer_ids, num_hi
         else:
             program = _leaf_program(mode, top, tail, indices, _sharding(leaf))
         out[path] = program(leaf, ref)
-    return _unflatten(target, out)
+    return unflatten_like(target, out)
 
 
 @functools.lru_cache(maxsize=256)
@@ -207,18 +207,8 @@ def _cast_like(x, like):
     return jax.device_put(_cast_to(x, like), _sharding(like)) if _sharding(like) else _cast_to(x, like)
 
 
-def _flatten(tree) -> dict[Path, jax.Array]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {tuple(getattr(k, "key", str(k)) for k in p): x for p, x in leaves}
-
-
-def _unflatten(template, flat: dict[Path, jax.Array]):
-    return jax.tree_util.tree_map_with_path(
-        lambda p, _: flat[tuple(getattr(k, "key", str(k)) for k in p)], template)
-
-
 def selected_layers(target, layers, layer_ids=None, num_hidden_layers=None) -> tuple[int, ...]:
     """HF layer numbers of the stacked layers ``layers`` picks (for logs and reports)."""
-    num_stacked = next((x.shape[0] for p, x in _flatten(target).items() if is_stacked(p)), 0)
+    num_stacked = next((x.shape[0] for p, x in flatten_by_path(target).items() if is_stacked(p)), 0)
     ids, _ = layer_numbering(num_stacked, layer_ids, num_hidden_layers)
     return tuple(ids[i] for i in stacked_indices(layers, layer_ids, num_stacked, num_hidden_layers))

@@ -18,6 +18,8 @@ import math
 import re
 from typing import Iterable, Sequence
 
+from rotax.runtime.tree_paths import flatten_by_path, is_stacked
+
 LAYER_MODULES = ("q", "k", "v", "o", "gate", "up", "down")
 MODULE_TYPES = LAYER_MODULES + ("embed", "head")
 _MODULE_OF_KEY = {
@@ -36,11 +38,6 @@ def module_type(path: Sequence[str] | str) -> str | None:
         if part in _MODULE_OF_KEY:
             return _MODULE_OF_KEY[part]
     return None
-
-
-def is_stacked(path: Sequence[str]) -> bool:
-    """True for leaves of the stacked ``model/layers`` subtree (axis 0 = layer)."""
-    return len(path) > 2 and tuple(path[:2]) == ("model", "layers")
 
 
 def is_matrix(path: Sequence[str], ndim: int) -> bool:
@@ -138,11 +135,8 @@ class Selector:
                 num_hidden_layers: int | None = None) -> dict[Path, tuple[int, ...] | None]:
         """Matrix leaves of ``tree`` to touch: ``{path: stacked indices}`` for ``[L, out, in]``
         leaves, ``{path: None}`` for 2-D embed/head. Raises ValueError if nothing matches."""
-        import jax  # local: keeps this module importable without initializing a backend
-
         modules = parse_modules(self.modules)
-        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-        paths = [(tuple(getattr(k, "key", str(k)) for k in p), x) for p, x in leaves]
+        paths = list(flatten_by_path(tree).items())
         num_stacked = next((x.shape[0] for p, x in paths if is_stacked(p)), 0)
         ids, total = layer_numbering(num_stacked, layer_ids, num_hidden_layers)
         wanted = set(parse_layers(self.layers, total)) if num_stacked else set()

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rotax.runtime.host import to_host
-from rotax.analysis.selectors import is_matrix, is_stacked, module_type
+from rotax.runtime.tree_paths import flatten_by_path, is_stacked
+from rotax.analysis.selectors import is_matrix, module_type
 from rotax.analysis.subspace import (band_edges, compare, factorize, map_layers,
                             matched_norm_perturbation, resolve_rank)
 
@@ -80,8 +81,8 @@ def matrix_pairs(reference, targets) -> Iterator[tuple[str, Any, Any]]:
     matrix. Raises ValueError naming the first tensor whose presence or shape differs."""
     many = isinstance(targets, Mapping) and "model" not in targets
     labelled = dict(targets) if many else {"target": targets}
-    flat = {label: _flatten(tree) for label, tree in labelled.items()}
-    for path, ref_leaf in _flatten(reference).items():
+    flat = {label: flatten_by_path(tree) for label, tree in labelled.items()}
+    for path, ref_leaf in flatten_by_path(reference).items():
         if not is_matrix(path, len(ref_leaf.shape)):
             continue
         name = ".".join(path)
@@ -94,11 +95,6 @@ def matrix_pairs(reference, targets) -> Iterator[tuple[str, Any, Any]]:
                                  f"target {label!r} shape {tuple(tree[path].shape)}")
             leaves[label] = tree[path]
         yield name, ref_leaf, (leaves if many else leaves["target"])
-
-
-def _flatten(tree) -> dict[tuple[str, ...], Any]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {tuple(getattr(k, "key", str(k)) for k in p): x for p, x in leaves}
 
 
 def analyze(reference, targets=None, *, k: int | float = 0.2,

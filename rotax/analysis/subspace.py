@@ -166,7 +166,7 @@ def compare(w_ref: jax.Array, ref: Factors, w_tgt: jax.Array, tgt: Factors, *, k
 
     ``k``: rank of the top subspaces for principal angles; ``bands``: ``(head_end,
     tail_start)`` indices from :func:`band_edges`. Returns ``(scalars, arrays)``: scalar metrics
-    (see ``rotax.analysis.spectral.METRICS``) and per-index arrays ``sigma_ref, sigma_tgt [r]``,
+    (the metric columns of ``rotax.analysis.spectral.SpectralResult.rows``) and per-index arrays ``sigma_ref, sigma_tgt [r]``,
     ``angles_u, angles_v [k]`` (radians, descending)."""
     r = ref.s.shape[0]
     head, tail = bands

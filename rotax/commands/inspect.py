@@ -18,10 +18,11 @@ def register(subparsers) -> None:
 def parameter_table(params) -> list[tuple[str, tuple, str, str, int]]:
     """Rows ``(path, shape, dtype, sharding, bytes)`` for every leaf of a canonical tree."""
     from rotax.runtime.sharding import describe
+    from rotax.runtime.tree_paths import path_keys
 
     rows = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        name = "/".join(getattr(k, "key", str(k)) for k in path)
+        name = "/".join(path_keys(path))
         rows.append((name, tuple(leaf.shape), str(leaf.dtype), describe(leaf.sharding),
                      int(leaf.size * leaf.dtype.itemsize)))
     return rows

@@ -14,11 +14,11 @@ from __future__ import annotations
 import ml_collections
 
 from rotax.io import base_model
-from rotax.rl import ppo
+from rotax.rl.ppo import config as ppo_settings
 from rotax.runtime import run_config
-from rotax.sft import step as sft
+from rotax.sft import step as sft_step
 from rotax.sft import data as sft_data
-from rotax.study import pipeline as study
+from rotax.study import pipeline as study_pipeline
 
 #: Evaluation hands per rule, their seed, attempts per hand and tokens per answer (SPEC §1).
 EVAL_HANDS = 234
@@ -60,7 +60,7 @@ def study_config(*, run_dir: str, sft_steps: int, ppo_updates: int,
 
     # SFT (SPEC §2): AdamW (0.9, 0.98), eps 1e-7, no weight decay, lr 1e-6, ~3% linear warm-up
     # then constant, 64 sequences per step, bf16 compute over fp32 master weights.
-    config.sft = sft.default_config()
+    config.sft = sft_step.default_config()
     config.sft.update(dict(
         num_steps=sft_steps, batch_size=64, grad_accum_steps=1,
         learning_rate=1e-6, schedule="constant", warmup_fraction=0.03, warmup_steps=-1,
@@ -76,7 +76,7 @@ def study_config(*, run_dir: str, sft_steps: int, ppo_updates: int,
     # cosine to 1e-9 over the updates, grad-norm clip 0.01, no KL, no entropy bonus.
     # microbatch_size 16 = one full-length row per device on 16 devices (docs/scaling.md);
     # on 32 devices give --config.ppo.microbatch_size=32.
-    config.ppo = ppo.default_config()
+    config.ppo = ppo_settings.default_config()
     config.ppo.update(dict(
         num_updates=ppo_updates, episodes_per_update=episodes_per_update, attempts=ATTEMPTS,
         rule="id", temperature=0.2, top_k=0, top_p=1.0, max_new_tokens=PPO_MAX_NEW_TOKENS,
@@ -92,7 +92,7 @@ def study_config(*, run_dir: str, sft_steps: int, ppo_updates: int,
 
     # The pipeline: standard 13-rank deck, the study's evaluation sets, analysis against the
     # peak-OOD SFT checkpoint with k as a fraction of min(m, n), resets onto the SFT end.
-    config.study = study.default_config()
+    config.study = study_pipeline.default_config()
     config.study.update(dict(
         deck="standard", eval_hands=EVAL_HANDS, reset_hands=EVAL_HANDS, probe_hands=EVAL_HANDS,
         eval_seeds=(EVAL_SEED,), attempts=ATTEMPTS, max_new_tokens=MAX_NEW_TOKENS,

@@ -6,11 +6,11 @@ Composed from each module's ``default_config()``; values follow ../shared/TOY-NO
 """
 
 from rotax.io import base_model
-from rotax.rl import ppo
+from rotax.rl.ppo import config as ppo_settings
 from rotax.runtime import run_config
-from rotax.sft import step as sft
+from rotax.sft import step as sft_step
 from rotax.sft import data as sft_data
-from rotax.study import pipeline as study
+from rotax.study import pipeline as study_pipeline
 
 
 def get_config():
@@ -30,14 +30,14 @@ def get_config():
     # base pre-training: half ID rule, half random face-card rules (never J=11, Q=12, K=13).
     # The base is step 800 of a 1,200-step cosine — weak enough (ID ~.67 / OOD ~.40 on 256
     # hands) that SFT on the ID rule first helps OOD; at step 1,200 it is ~.96 / ~.86.
-    config.pretrain = sft.default_config()
+    config.pretrain = sft_step.default_config()
     config.pretrain.update(dict(num_steps=800, decay_steps=1200, batch_size=64, learning_rate=1.5e-3,
                                 schedule="cosine", warmup_steps=120, end_learning_rate=1.5e-4,
                                 max_grad_norm=1.0, checkpoint_every=200, eval_every=0, probe_every=0,
                                 async_checkpointing=False))
 
     # SFT on a fixed pool of 2,048 ID hands (~16 epochs), long enough to over-fit
-    config.sft = sft.default_config()
+    config.sft = sft_step.default_config()
     config.sft.update(dict(num_steps=500, batch_size=64, learning_rate=3e-4, schedule="constant",
                            warmup_steps=20, max_grad_norm=1.0, checkpoint_every=50, eval_every=50,
                            probe_every=0, async_checkpointing=False))
@@ -46,14 +46,14 @@ def get_config():
     # within-5 accuracy equals first-attempt accuracy on its base), rewards / 5 so the value
     # loss does not swamp the small shared trunk; the study's values are in
     # configs/llama3_2_11b_vision.py and configs/qwen2_5_7b.py
-    config.ppo = ppo.default_config()
+    config.ppo = ppo_settings.default_config()
     config.ppo.update(dict(num_updates=20, episodes_per_update=64, attempts=1, temperature=1.0,
                            max_new_tokens=24, rollout_batch_size=64, learning_rate=1e-4,
                            end_learning_rate=1e-5, max_grad_norm=1.0, epochs=2, minibatch_size=64,
                            microbatch_size=32, reward_scale=0.2, checkpoint_every=10, eval_every=10,
                            async_checkpointing=False, export_hf=False))
 
-    config.study = study.default_config()
+    config.study = study_pipeline.default_config()
     # one attempt per hand (see above) keeps evaluation cheap enough for 512-hand curves,
     # 3 x 1,024 test hands per final evaluation (the SFT peak-to-end OOD change is a few
     # points: at 1,026 hands its 95% interval was ±4.3 points) and 2 PPO starts x 3 seeds,

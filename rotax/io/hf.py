@@ -22,6 +22,7 @@ from rotax.models.config import ModelConfig
 from rotax.models.decoder import param_shapes
 from rotax.runtime import sharding as sharding_lib
 from rotax.runtime.host import to_host
+from rotax.runtime.tree_paths import path_keys
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,6 @@ class CheckpointError(ValueError):
 
 
 # ---------------------------------------------------------------- name map
-
-
-def _path_keys(path) -> tuple[str, ...]:
-    return tuple(getattr(k, "key", str(k)) for k in path)
 
 
 def hf_names(cfg: ModelConfig, path: tuple[str, ...]) -> list[str]:
@@ -225,7 +222,7 @@ def load_hf_checkpoint(path, *, mesh=None, dtype=None, compute_dtype=None, remat
     shardings = sharding_lib.param_shardings(shapes, mesh)
 
     def load_leaf(path_, shape, target):
-        keys = _path_keys(path_)
+        keys = path_keys(path_)
         names = hf_names(cfg, keys)
         stacked = len(keys) > 2 and keys[:2] == ("model", "layers")
         if target.is_fully_addressable:
@@ -241,7 +238,7 @@ def load_hf_checkpoint(path, *, mesh=None, dtype=None, compute_dtype=None, remat
 def _validate(cfg: ModelConfig, reader: SafetensorsReader, shapes) -> None:
     expected: dict[str, tuple[int, ...]] = {}
     for path_, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
-        keys = _path_keys(path_)
+        keys = path_keys(path_)
         names = hf_names(cfg, keys)
         per_tensor = leaf.shape[1:] if len(keys) > 2 and keys[:2] == ("model", "layers") else leaf.shape
         for name in names:
@@ -300,7 +297,7 @@ def export_hf_checkpoint(cfg: ModelConfig, params, out_dir, *, source=None,
                          "cross-attention layers are copied from there)")
     items: list[tuple[str, object]] = []  # (hf name, thunk producing a host array)
     for path_, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        keys = _path_keys(path_)
+        keys = path_keys(path_)
         names = hf_names(cfg, keys)
         stacked = len(keys) > 2 and keys[:2] == ("model", "layers")
         for i, name in enumerate(names):

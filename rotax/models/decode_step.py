@@ -14,15 +14,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from rotax.models import decoder
+from rotax.models import attention, decoder
 from rotax.models.config import ModelConfig
 from rotax.models.layers import apply_rope, rope_cos_sin
-
-_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
-
 
 class HeadMajorCache(NamedTuple):
     """The sampler's KV cache, head-major: ``k``, ``v`` are ``[L, B, kv_heads, T, head_dim]``
@@ -78,11 +74,10 @@ def _layer_step(cfg: ModelConfig, layer, h, cos, sin, valid, k_cache, v_cache, s
     q = q.reshape(b, kv_heads, heads // kv_heads, head_dim)
 
     def scores(keys):  # [B, kv, g, T'] float32
-        return jnp.einsum("bkgd,bktd->bkgt", q, keys.astype(q.dtype),
-                          preferred_element_type=jnp.float32) * head_dim ** -0.5
+        return attention.scores("bkgd,bktd->bkgt", q, keys, head_dim)
 
     if slot is None:
-        old = jnp.where(valid[:, None, None, :], scores(k_cache), _MASK_VALUE)
+        old = attention.masked(scores(k_cache), valid[:, None, None, :])
         probs = jax.nn.softmax(jnp.concatenate([old, scores(k)], axis=-1), axis=-1).astype(h.dtype)
         out = jnp.einsum("bkgt,bktd->bkgd", probs[..., :-1], v_cache.astype(h.dtype))
         out = out + probs[..., -1:] * v.astype(h.dtype)
@@ -91,8 +86,7 @@ def _layer_step(cfg: ModelConfig, layer, h, cos, sin, valid, k_cache, v_cache, s
         k_cache = jax.lax.dynamic_update_slice(k_cache, k, (0, 0, slot, 0))
         v_cache = jax.lax.dynamic_update_slice(v_cache, v, (0, 0, slot, 0))
         valid = valid | (jnp.arange(k_cache.shape[2]) == slot)[None, :]
-        probs = jax.nn.softmax(jnp.where(valid[:, None, None, :], scores(k_cache), _MASK_VALUE),
-                               axis=-1).astype(h.dtype)
+        probs = attention.weights(scores(k_cache), valid[:, None, None, :], h.dtype)
         out = jnp.einsum("bkgt,bktd->bkgd", probs, v_cache.astype(h.dtype))
         new = (k_cache, v_cache)
     h = h + attn.o_proj(out.reshape(b, 1, heads * head_dim))

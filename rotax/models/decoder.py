@@ -14,11 +14,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rotax.models import attention
 from rotax.models.config import ModelConfig
 from rotax.models.layers import Embed, Linear, RMSNorm, apply_rope, rope_cos_sin
-
-_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
-
 
 class KVCache(NamedTuple):
     """Keys and values for every stacked layer: ``[L, B, T, kv_heads, head_dim]`` each."""
@@ -58,10 +56,8 @@ class Attention(nnx.Module):
             k_all, v_all, new_kv = k, v, None
         groups = self.heads // self.kv_heads
         q = q.reshape(b, s, self.kv_heads, groups, self.head_dim)
-        scores = jnp.einsum("bskgd,btkd->bkgst", q, k_all.astype(q.dtype),
-                            preferred_element_type=jnp.float32) * (self.head_dim ** -0.5)
-        scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+        scores = attention.scores("bskgd,btkd->bkgst", q, k_all, self.head_dim)
+        probs = attention.weights(scores, mask[:, None, None, :, :], x.dtype)
         out = jnp.einsum("bkgst,btkd->bskgd", probs, v_all.astype(x.dtype))
         return self.o_proj(out.reshape(b, s, self.heads * self.head_dim)), new_kv
 
@@ -197,6 +193,12 @@ def apply(cfg: ModelConfig, params: dict, tokens: jax.Array, *, positions=None, 
 
 
 @functools.partial(jax.jit, static_argnums=0)
+def lm_logits(cfg: ModelConfig, params: dict, hidden: jax.Array) -> jax.Array:
+    """Float32 logits ``[..., V]`` of final-norm hidden states ``[..., H]`` (``apply``'s
+    ``hidden``): the LM head alone, for callers that pick positions first."""
+    return nnx.merge(graphdef(cfg), params).logits(hidden)
+
+
 def forward(cfg: ModelConfig, params: dict, tokens: jax.Array) -> jax.Array:
     """Logits ``[B, S, vocab]`` (float32) of a causal pass over ``tokens [B, S]`` int32."""
     return apply(cfg, params, tokens).logits

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from rotax.runtime.tree_paths import is_stacked, path_keys
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axis (None = replicated)
@@ -67,7 +69,7 @@ def make_mesh(shape: Sequence[int] | None = None, devices=None) -> Mesh:
 def logical_axes(path: Sequence[str], ndim: int) -> tuple[str | None, ...]:
     """Logical axis names of the canonical leaf at ``path`` (e.g. ``("model", "layers",
     "self_attn", "q_proj", "weight")``) with ``ndim`` dimensions."""
-    stacked = "layers" in path
+    stacked = is_stacked(path)
     module = path[-2] if len(path) >= 2 else ""
     if path[-1] == "weight" and module in _MATRIX_AXES:
         axes = _MATRIX_AXES[module]
@@ -95,7 +97,7 @@ def param_shardings(params_or_shapes, mesh: Mesh):
     """A tree of ``NamedSharding`` matching the canonical tree ``params_or_shapes``."""
 
     def leaf(path, x):
-        keys = tuple(getattr(k, "key", str(k)) for k in path)
+        keys = path_keys(path)
         return NamedSharding(mesh, _spec(logical_axes(keys, len(x.shape)), x.shape, mesh))
 
     return jax.tree_util.tree_map_with_path(leaf, params_or_shapes)

@@ -209,11 +209,6 @@ def choose_tokens(logits, keys, temperature, top_p, *, greedy: bool, top_k: int,
 # ---------------------------------------------------------------- the jitted loop
 
 
-def _lm_logits(cfg: ModelConfig, params, hidden):
-    """Logits ``[B, S, V]`` float32 of final hidden states ``[B, S, H]``."""
-    return nnx.merge(decoder.graphdef(cfg), params).logits(hidden)
-
-
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "greedy", "top_k",
                                              "use_top_p", "pad_id", "mesh", "unroll"))
 def _sample(params, tokens, mask, keys, temperature, top_p, eos, *, cfg, max_new_tokens, greedy,
@@ -252,7 +247,7 @@ def _sample(params, tokens, mask, keys, temperature, top_p, eos, *, cfg, max_new
     if unroll:  # per-layer weights, sliced once per call (not once per step)
         stacked = nnx.state(nnx.merge(decoder.graphdef(cfg), params).model.layers)
         layers = [jax.tree.map(lambda w, i=i: w[i], stacked) for i in range(cfg.num_layers)]
-    logits = _lm_logits(cfg, params, out.hidden[:, -1:])[:, 0]
+    logits = decoder.lm_logits(cfg, params, out.hidden[:, -1:])[:, 0]
     state = (jnp.full((b, n), pad_id, jnp.int32), jnp.zeros((b, n), jnp.float32),
              jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32))
     state, token = emit(state, logits, 0)

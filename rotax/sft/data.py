@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 

@@ -16,12 +16,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rotax.runtime import sharding as sharding_lib
 from rotax.models.config import ModelConfig
-from rotax.models.decoder import apply, graphdef
+from rotax.models.decoder import apply, lm_logits
 from rotax.sft.data import Batch
 from rotax.training.train_state import TrainState, optimizer_config
 
@@ -120,7 +119,7 @@ def loss_sums(model_cfg: ModelConfig, params, tokens, attention_mask, positions,
     Returns two float32 scalars."""
     hidden = apply(model_cfg, params, tokens, kv_mask=attention_mask, return_logits=False).hidden
     picked = jnp.take_along_axis(hidden, positions[..., None], axis=1)
-    logits = nnx.merge(graphdef(model_cfg), params).logits(picked)
+    logits = lm_logits(model_cfg, params, picked)
     targets = jnp.take_along_axis(tokens, positions + 1, axis=1)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     weights = weights.astype(jnp.float32)

@@ -31,7 +31,7 @@ from rotax.runtime.host import check_same_on_every_process, to_global, to_host
 from rotax.runtime.metrics import RunLogger, tokens_per_second
 from rotax.rl.rollout import Environment, Rollout, build_buffer, buffer_rows
 from rotax.runtime.run_config import config_to_dict, mesh_from_config, write_resolved_config
-from rotax.training.train_state import NonFiniteLossError, TrainState, init_train_state
+from rotax.training.train_state import NonFiniteLossError, init_train_state
 
 log = logging.getLogger(__name__)
 ROLLOUT_STREAM = 0x5EED
@@ -202,3 +202,10 @@ def train(config, model_cfg, init_policy, env: Environment, *, mesh=None, resume
         logger.close()
         histograms.close()
     return PPOResult(state, cfg_ppo.num_updates, metrics, store.steps())
+
+
+def _sampler_gap(buffer, scores) -> dict:
+    """Mean |sampler log-prob − recomputed log-prob| per response token (a sampler check)."""
+    mask, sampler, scored = to_host((buffer.response_mask, buffer.sampler_logprob, scores.token_logprob))
+    gap = np.abs(sampler - scored)
+    return {"sampler_logprob_gap": float((gap * mask).sum() / max(mask.sum(), 1.0))}

@@ -14,7 +14,6 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from rotax.runtime import sharding as sharding_lib
@@ -54,7 +53,7 @@ def evaluate_steps(cfg: ModelConfig, params: dict, tokens, attention_mask, respo
     out = decoder.apply(cfg, params["policy"], tokens, positions=positions,
                         kv_mask=attention_mask, return_logits=False)
     hidden = out.hidden[:, p - 1:-1]
-    logits = nnx.merge(decoder.graphdef(cfg), params["policy"]).logits(hidden)
+    logits = decoder.lm_logits(cfg, params["policy"], hidden)
     logp, entropy = token_logprobs(logits, tokens[:, p:], temperature, with_entropy)
     value = apply_value_head(params["value_head"], out.hidden[:, p - 1]) if with_value else None
     return logp, entropy, value
