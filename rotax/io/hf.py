@@ -22,7 +22,7 @@ from rotax.models.config import ModelConfig
 from rotax.models.decoder import param_shapes
 from rotax.runtime import sharding as sharding_lib
 from rotax.runtime.host import to_host
-from rotax.runtime.tree_paths import path_keys
+from rotax.runtime.tree_paths import is_stacked, path_keys
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class CheckpointError(ValueError):
 def hf_names(cfg: ModelConfig, path: tuple[str, ...]) -> list[str]:
     """HF tensor names of canonical leaf ``path``: one name, or one per stacked layer."""
     prefix = cfg.hf_prefix
-    if len(path) > 2 and path[:2] == ("model", "layers"):
+    if is_stacked(path):
         rest = ".".join(path[2:])
         return [f"{prefix}model.layers.{i}.{rest}" for i in cfg.layer_ids]
     return [prefix + ".".join(path)]
@@ -224,7 +224,7 @@ def load_hf_checkpoint(path, *, mesh=None, dtype=None, compute_dtype=None, remat
     def load_leaf(path_, shape, target):
         keys = path_keys(path_)
         names = hf_names(cfg, keys)
-        stacked = len(keys) > 2 and keys[:2] == ("model", "layers")
+        stacked = is_stacked(keys)
         if target.is_fully_addressable:
             return _fill_in_chunks(reader, names, stacked, shape.shape, jnp.dtype(param_dtype), target)
         # multi-host: every device reads exactly its own shard
@@ -240,7 +240,7 @@ def _validate(cfg: ModelConfig, reader: SafetensorsReader, shapes) -> None:
     for path_, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
         keys = path_keys(path_)
         names = hf_names(cfg, keys)
-        per_tensor = leaf.shape[1:] if len(keys) > 2 and keys[:2] == ("model", "layers") else leaf.shape
+        per_tensor = leaf.shape[1:] if is_stacked(keys) else leaf.shape
         for name in names:
             expected[name] = tuple(per_tensor)
     for name, shape in expected.items():
@@ -299,7 +299,7 @@ def export_hf_checkpoint(cfg: ModelConfig, params, out_dir, *, source=None,
     for path_, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         keys = path_keys(path_)
         names = hf_names(cfg, keys)
-        stacked = len(keys) > 2 and keys[:2] == ("model", "layers")
+        stacked = is_stacked(keys)
         for i, name in enumerate(names):
             items.append((name, _leaf_thunk(leaf, i if stacked else None, name, reader)))
     ours = {name for name, _ in items}

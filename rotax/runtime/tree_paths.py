@@ -18,8 +18,10 @@ def path_keys(path) -> Path:
 
 
 def is_stacked(path) -> bool:
-    """True for leaves of the stacked ``model/layers`` subtree (axis 0 = layer)."""
-    return len(path) > 2 and tuple(path[:2]) == ("model", "layers")
+    """True for leaves of the stacked ``model/layers`` subtree (axis 0 = layer), also where the
+    canonical tree sits inside a wrapper (PPO's ``policy/model/layers/...``)."""
+    path = tuple(path)
+    return any(path[i:i + 2] == ("model", "layers") for i in range(len(path) - 2))
 
 
 def flatten_by_path(tree) -> dict[Path, Any]:
