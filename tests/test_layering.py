@@ -3,7 +3,7 @@
 Every module under ``rotax/`` is parsed (AST, nothing imported). Each module belongs to a layer;
 a module may import its own layer's modules (without cycles) and the layers below it:
 
-    runtime < models < io < sampling < training < (sft, rl, analysis) < task adapters < gate
+    (runtime, stats) < models < io < sampling < training < (sft, rl, analysis) < task adapters < gate
     < study < configs < notebook < commands
 
 The pure GeneralPoints core (``rotax/tasks/points``: cards, formula, parsing, render, solver,
@@ -23,7 +23,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rotax"
 
-LAYERS = ["runtime", "models", "io", "sampling", "training", "sft|rl|analysis", "tasks",
+LAYERS = ["runtime|stats", "models", "io", "sampling", "training", "sft|rl|analysis", "tasks",
           "gate", "study", "configs", "notebook", "commands"]
 TASK_CORE = {"rotax.tasks.points", "rotax.tasks.points.cards", "rotax.tasks.points.formula",
              "rotax.tasks.points.parsing", "rotax.tasks.points.render",

@@ -2,7 +2,9 @@
 
 Hands are dealt from the study's deck (the toy's 16 ranks, or the standard 13), so the toy and
 real runs share this code. Results are plain dicts ``{"mean", "ci", "n", "first_attempt",
-"face_as_id"}`` ready for JSON and the report.
+"mean_reward", "face_as_id", "outcomes"}`` ready for JSON and the report; ``outcomes`` is the
+per-hand result (``"0101…"``, hand order) that paired comparisons of two models on the same
+hands need.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import jax
 
 from rotax import sampling
 from rotax.tasks.points.episodes import run_episodes
+from rotax.stats.intervals import encode_outcomes
 from rotax.tasks.points.evaluation import Proportion, summarize
 from rotax.tasks.points import Deal, Rule, as_face_rule, deal_hands, default_deal
 
@@ -22,7 +25,8 @@ def study_hands(rule, seed: int, n: int, ranks: Sequence[str], deal: Deal | None
     """``n`` solvable hands under ``rule`` from ``ranks``, a pure function of its arguments."""
     face = as_face_rule(rule)
     deal = default_deal(face) if deal is None else deal
-    rng = random.Random(f"rotax.study.pipeline/{deal.value}/{face.jack}-{face.queen}-{face.king}/{seed}")
+    # the seed string predates the package layout: changing it would change every hand set
+    rng = random.Random(f"rotax.study/{deal.value}/{face.jack}-{face.queen}-{face.king}/{seed}")
     return deal_hands(rng, face, n, deal, ranks)
 
 
@@ -53,4 +57,4 @@ def evaluate_accuracy(cfg, params, tokenizer, renderer, hands, rule, *, attempts
     face = face_read_as_id(batch)
     return {"mean": s["within"].value, "ci": [s["within"].low, s["within"].high], "n": s["within"].n,
             "first_attempt": s["first_attempt"].value, "mean_reward": s["mean_reward"].value,
-            "face_as_id": face.value if face.n else None}
+            "face_as_id": face.value if face.n else None, "outcomes": encode_outcomes(batch.solved)}

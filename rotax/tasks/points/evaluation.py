@@ -27,46 +27,11 @@ import jax
 import numpy as np
 
 from rotax import sampling
+from rotax.stats.intervals import wilson_interval
 from rotax.tasks.points.episodes import EpisodeBatch, Generator, run_episodes
 from rotax.tasks.points import KINDS, MAX_ATTEMPTS, Renderer, Rule, RuleLike, evaluation_hands
 
 FORMAT_ERROR_KINDS = ("missing", "illegal")
-
-
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion (no continuity correction).
-
-    With p̂ = k/n and z the two-sided normal quantile of ``confidence``:
-    center = (p̂ + z²/2n) / (1 + z²/n), half width = z/(1 + z²/n) · sqrt(p̂(1−p̂)/n + z²/4n²).
-    Returns ``(nan, nan)`` for n = 0."""
-    if n == 0:
-        return math.nan, math.nan
-    if not 0 <= successes <= n:
-        raise ValueError(f"successes={successes} outside 0..n={n}")
-    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = successes / n
-    denominator = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denominator
-    half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    low = 0.0 if successes == 0 else max(0.0, center - half)
-    high = 1.0 if successes == n else min(1.0, center + half)
-    return low, high
-
-
-def difference_interval(k1: int, n1: int, k2: int, n2: int,
-                        confidence: float = 0.95) -> tuple[float, float]:
-    """Newcombe's hybrid score interval for p1 − p2 of two independent proportions (his
-    method 10, built from the two Wilson intervals): with d = p̂1 − p̂2,
-    ``(d − sqrt((p̂1−l1)² + (u2−p̂2)²), d + sqrt((u1−p̂1)² + (p̂2−l2)²))``. The study uses it to
-    say whether an OOD loss or recovery is larger than the evaluation noise."""
-    if n1 == 0 or n2 == 0:
-        return math.nan, math.nan
-    p1, p2 = k1 / n1, k2 / n2
-    l1, u1 = wilson_interval(k1, n1, confidence)
-    l2, u2 = wilson_interval(k2, n2, confidence)
-    d = p1 - p2
-    return (d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2),
-            d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from rotax.stats import intervals
 from rotax.tasks.points import evaluation
 from rotax.tasks.points.episodes import run_episodes
 from rotax.sampling.sampler import Generation
@@ -118,12 +119,12 @@ def test_wilson_interval_matches_scipy(k, n):
     from scipy.stats import binomtest
 
     expected = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-    low, high = evaluation.wilson_interval(k, n)
+    low, high = intervals.wilson_interval(k, n)
     assert low == pytest.approx(expected.low, abs=1e-12)
     assert high == pytest.approx(expected.high, abs=1e-12)
     expected = binomtest(k, n).proportion_ci(confidence_level=0.8, method="wilson")
-    assert evaluation.wilson_interval(k, n, 0.8) == pytest.approx((expected.low, expected.high), abs=1e-12)
-    assert all(math.isnan(x) for x in evaluation.wilson_interval(0, 0))
+    assert intervals.wilson_interval(k, n, 0.8) == pytest.approx((expected.low, expected.high), abs=1e-12)
+    assert all(math.isnan(x) for x in intervals.wilson_interval(0, 0))
 
 
 class EvenHandsSolver:
@@ -186,4 +187,4 @@ def test_eval_command_end_to_end(tmp_path, tok):
     (9, 10, 3, 10, 0.1705, 0.8090),
 ])
 def test_difference_interval_matches_newcombe_1998(k1, n1, k2, n2, low, high):
-    assert evaluation.difference_interval(k1, n1, k2, n2) == pytest.approx((low, high), abs=1e-4)
+    assert intervals.difference_interval(k1, n1, k2, n2) == pytest.approx((low, high), abs=1e-4)
