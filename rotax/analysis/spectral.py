@@ -31,6 +31,7 @@ import numpy as np
 
 from rotax.runtime.host import to_host
 from rotax.runtime.tree_paths import flatten_by_path, is_stacked
+from rotax.analysis.checkpoint_pairs import paired_stream
 from rotax.analysis.selectors import is_matrix, module_type
 from rotax.analysis.subspace import (band_edges, compare, factorize, map_layers,
                             matched_norm_perturbation, resolve_rank)
@@ -81,19 +82,9 @@ def matrix_pairs(reference, targets) -> Iterator[tuple[str, Any, Any]]:
     matrix. Raises ValueError naming the first tensor whose presence or shape differs."""
     many = isinstance(targets, Mapping) and "model" not in targets
     labelled = dict(targets) if many else {"target": targets}
-    flat = {label: flatten_by_path(tree) for label, tree in labelled.items()}
-    for path, ref_leaf in flatten_by_path(reference).items():
-        if not is_matrix(path, len(ref_leaf.shape)):
-            continue
-        name = ".".join(path)
-        leaves = {}
-        for label, tree in flat.items():
-            if path not in tree:
-                raise ValueError(f"target {label!r} has no tensor {name!r}")
-            if tuple(tree[path].shape) != tuple(ref_leaf.shape):
-                raise ValueError(f"tensor {name!r}: reference shape {tuple(ref_leaf.shape)} vs "
-                                 f"target {label!r} shape {tuple(tree[path].shape)}")
-            leaves[label] = tree[path]
+    ref = {p: x for p, x in flatten_by_path(reference).items() if is_matrix(p, len(x.shape))}
+    stream = paired_stream(ref, {label: flatten_by_path(tree) for label, tree in labelled.items()})
+    for name, ref_leaf, leaves in stream:
         yield name, ref_leaf, (leaves if many else leaves["target"])
 
 

@@ -252,18 +252,36 @@ def read_metadata(checkpoint_dir) -> dict:
     return json.loads(path.read_text())
 
 
-def restore_params(checkpoint_dir, abstract_params) -> Any:
+def restore_params(checkpoint_dir, abstract_params, *, subtree: tuple[str, ...] = ()) -> Any:
     """Only the ``params`` of a checkpoint's train state (no optimizer state is read), each
-    leaf in the sharding of its ``jax.ShapeDtypeStruct`` in ``abstract_params``."""
+    leaf in the sharding of its ``jax.ShapeDtypeStruct`` in ``abstract_params``.
+
+    ``subtree``: where ``abstract_params`` sits inside the saved params — ``("policy",)`` for
+    a PPO state's policy, or a longer path down to one leaf (then only that tensor is read)."""
     checkpoint_dir = Path(checkpoint_dir).absolute()
     verify_manifest(checkpoint_dir)
     restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, dtype=s.dtype),
                                 abstract_params)
+    item, args = abstract_params, restore_args
+    for key in reversed(subtree):
+        item, args = {key: item}, {key: args}
     with ocp.PyTreeCheckpointer() as checkpointer:
         tree = checkpointer.restore(checkpoint_dir / "state", args=ocp.args.PyTreeRestore(
-            item={"params": abstract_params}, restore_args={"params": restore_args},
-            partial_restore=True))
-    return tree["params"]
+            item={"params": item}, restore_args={"params": args}, partial_restore=True))
+    out = tree["params"]
+    for key in subtree:
+        out = out[key]
+    return out
+
+
+def latest_checkpoint(run_dir, stage: str) -> Path:
+    """The newest finished checkpoint directory of ``stage`` in ``run_dir`` (read-only: nothing
+    is created). Raises FileNotFoundError when there is none."""
+    directory = stage_directory(run_dir, stage)
+    steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
+    if not steps:
+        raise FileNotFoundError(f"{directory}: no finished {stage} checkpoint")
+    return directory / str(steps[-1])
 
 
 # ---------------------------------------------------------------- run metadata

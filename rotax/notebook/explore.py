@@ -260,9 +260,7 @@ def open_run(run_dir, *, out_dir=None) -> Explorer:
     for step in (sft or {}).get("checkpoints", []):
         models[f"sft_{step}"] = lambda step=step: ctx.sft_params(step)
     for run in stages.get("ppo", {}).get("runs", []):
-        local = run_dir / "ppo" / run["label"] / "final_hf"  # the run may have moved
-        policy = str(local) if local.is_dir() else run["policy_dir"]
-        models[f"ppo_{run['label']}"] = lambda policy=policy: ctx.load_ppo_params({"policy_dir": policy})
+        models[f"ppo_{run['label']}"] = lambda run=run: ctx.load_ppo_params(run)
     if sft:
         reference = "base" if config.study.reset_reference == "base" else f"sft_{sft['peak_step']}"
         target = f"sft_{sft['end_step']}"

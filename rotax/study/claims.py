@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rotax.study.advantage_panel import first_update_summary
 from rotax.study.report import percent
-from rotax.tasks.points.evaluation import difference_interval
+from rotax.stats.intervals import difference_interval
 
 
 def _pct(x) -> str:

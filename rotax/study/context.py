@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 
 from rotax.io import base_model
-from rotax.io.checkpoint import CheckpointStore, restore_params
+from rotax.io.checkpoint import CheckpointStore, latest_checkpoint, restore_params
 from rotax.io.tokenizer import load_tokenizer
 from rotax.models.decoder import param_shapes
 from rotax.runtime.run_config import mesh_from_config
@@ -62,10 +62,15 @@ class StudyContext:
     def sft_params(self, step: int):
         return restore_params(CheckpointStore(self.run_dir / "sft", "sft").path(step), self.abstract_params())
 
+    def ppo_checkpoint(self, run: dict) -> Path:
+        """The final checkpoint of a PPO run (its Orbax state; the HF export is output only).
+        A run directory that moved is looked up under this study's ``ppo/<label>`` first."""
+        local = self.run_dir / "ppo" / run["label"]
+        return latest_checkpoint(local if local.is_dir() else run["run_dir"], "ppo")
+
     def load_ppo_params(self, run: dict):
-        _, params, _ = base_model.load_base(with_path(self.config.model, run["policy_dir"]), self.mesh,
-                                            self.run_dir)
-        return params
+        """The policy of a PPO run's final checkpoint, in the study's shardings."""
+        return restore_params(self.ppo_checkpoint(run), self.abstract_params(), subtree=("policy",))
 
     def evaluate(self, params, rule, *, n: int, seeds, seed_offset: int = 0) -> dict:
         """Accuracy pooled over ``seeds`` (each a fresh seeded hand set of ``n`` hands)."""

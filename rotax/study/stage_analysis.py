@@ -7,7 +7,9 @@ import jax
 
 from rotax.analysis import plots as spectral_plots
 from rotax.analysis import spectral
+from rotax.analysis.checkpoint_pairs import hf_matrices, orbax_matrices, paired_stream
 from rotax.analysis.subspace import rank_setting
+from rotax.io.checkpoint import stage_directory
 from rotax.study.context import StudyContext
 
 
@@ -17,14 +19,21 @@ def run(ctx: StudyContext, outputs: dict) -> dict:
     s, sft = ctx.config.study, outputs["sft"]
     out_dir = ctx.run_dir / "analysis"
     out_dir.mkdir(parents=True, exist_ok=True)
-    targets = {f"sft_{step}": ctx.sft_params(step) for step in sft["checkpoints"] if step > 0}
+    # every model is a dict of lazy tensors: one module's tensors are read at a time
+    abstract = ctx.abstract_params()
+    sft_store = stage_directory(ctx.run_dir / "sft", "sft")
+    targets = {f"sft_{step}": orbax_matrices(sft_store / str(step), abstract)
+               for step in sft["checkpoints"] if step > 0}
     for run in outputs.get("ppo", {}).get("runs", []):
-        targets[run["label"]] = ctx.load_ppo_params(run)
-    references = {"base": ctx.base_params(), "peak": ctx.sft_params(sft["peak_step"])}
+        targets[run["label"]] = orbax_matrices(ctx.ppo_checkpoint(run), abstract, subtree=("policy",))
+    # the base as SFT started from it (step 0, in the study's dtype) when that was saved
+    base = orbax_matrices(sft_store / "0", abstract) if 0 in sft["checkpoints"] else hf_matrices(ctx.base_dir)[1]
+    references = {"base": base, "peak": orbax_matrices(sft_store / str(sft["peak_step"]), abstract)}
     files, summaries = [], {}
     for ref_name, reference in references.items():
         chosen = {k: v for k, v in targets.items() if k != f"sft_{sft['peak_step']}" or ref_name != "peak"}
-        result = spectral.analyze(reference, chosen, k=rank_setting(s.analysis_k), null_seeds=s.null_seeds,
+        result = spectral.analyze(paired_stream(reference, chosen), k=rank_setting(s.analysis_k),
+                                  null_seeds=s.null_seeds,
                                   key=jax.random.key(ctx.config.seed), layer_ids=ctx.model_cfg.layer_ids,
                                   progress=s.progress)
         sub = out_dir / f"vs_{ref_name}"

@@ -157,6 +157,33 @@ def test_stream_input_equals_tree_input(pair, result):
     assert streamed.rows == result.rows
 
 
+def test_orbax_checkpoints_stream_one_tensor_at_a_time_and_equal_tree_input(pair, result, tmp_path):
+    """The study's analysis path: reference and target saved as Orbax train states (the target
+    wrapped as PPO's ``policy``), read back as lazy tensors; same rows as the in-memory trees."""
+    from rotax.analysis.checkpoint_pairs import OrbaxTensor, orbax_matrices, paired_stream
+    from rotax.io.checkpoint import CheckpointStore
+    from rotax.training.train_state import TrainState
+
+    ref, tgt = pair
+    key = jax.random.key(0)
+    for name, params in (("ref", ref), ("tgt", {"policy": tgt})):
+        store = CheckpointStore(tmp_path / name, "sft", async_save=False)
+        store.save(1, TrainState(jnp.int32(1), jax.tree.map(jnp.asarray, params), (), key), {})
+        store.close()
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                           sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])), ref)
+    ref_lazy = orbax_matrices(tmp_path / "ref" / "checkpoints" / "sft" / "1", abstract)
+    tgt_lazy = orbax_matrices(tmp_path / "tgt" / "checkpoints" / "sft" / "1", abstract, subtree=("policy",))
+    assert all(isinstance(x, OrbaxTensor) for x in ref_lazy.values())
+    assert sorted(".".join(p) for p in ref_lazy) == ["model.embed_tokens.weight",
+                                                   "model.layers.self_attn.q_proj.weight"]
+    streamed = spectral.analyze(paired_stream(ref_lazy, {"target": tgt_lazy}), k=0.25, null_seeds=2,
+                                key=jax.random.key(7), layer_ids=[0, 2])
+    assert streamed.rows == result.rows
+    with pytest.raises(ValueError, match="target 'other' has no tensor 'model.embed_tokens.weight'"):
+        paired_stream(ref_lazy, {"other": {}})
+
+
 def test_identical_trees_have_zero_rotation_and_drift(pair):
     ref, _ = pair
     res = spectral.analyze(ref, {"same": ref}, k=0.25, null_seeds=0)

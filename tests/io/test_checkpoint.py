@@ -135,3 +135,26 @@ def test_run_metadata_merges_fields(tmp_path):
     data = checkpoint.update_run_metadata(tmp_path, sft_max_ood={"step": 140, "value": 0.17})
     assert data == {"source": "/x", "sft_max_ood": {"step": 140, "value": 0.17}}
     assert json.loads((tmp_path / checkpoint.RUN_METADATA).read_text()) == data
+
+
+def test_restore_params_reads_a_subtree_or_one_tensor(model, tmp_path):
+    """A PPO-shaped state (params = {"policy": tree, "value_head": ...}): the policy alone, and
+    one tensor alone, come back equal to what was saved; latest_checkpoint finds the newest."""
+    cfg, state, abstract = model
+    wrapped = TrainState(state.step, {"policy": state.params, "value_head": {"w": jnp.ones((3, 2))}},
+                         (), state.rng)
+    store = CheckpointStore(tmp_path / "run", "ppo", async_save=False)
+    store.save(1, wrapped, {})
+    store.save(5, TrainState(jnp.int32(5), {"policy": _bumped(state, 5).params,
+                                            "value_head": {"w": jnp.zeros((3, 2))}}, (), state.rng), {})
+    store.close()
+    newest = checkpoint.latest_checkpoint(tmp_path / "run", "ppo")
+    assert newest.name == "5"
+    policy = checkpoint.restore_params(newest, abstract.params, subtree=("policy",))
+    _assert_same(policy, _bumped(state, 5).params)
+    path = ("model", "layers", "mlp", "down_proj", "weight")
+    leaf = abstract.params["model"]["layers"]["mlp"]["down_proj"]["weight"]
+    one = checkpoint.restore_params(newest.parent / "1", leaf, subtree=("policy", *path))
+    np.testing.assert_array_equal(np.asarray(one), np.asarray(state.params["model"]["layers"]["mlp"]["down_proj"]["weight"]))
+    with pytest.raises(FileNotFoundError, match="no finished sft checkpoint"):
+        checkpoint.latest_checkpoint(tmp_path / "run", "sft")
