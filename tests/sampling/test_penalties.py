@@ -36,7 +36,7 @@ def test_penalty_matches_transformers_logits_processor():
 def test_greedy_with_penalty_matches_transformers_generate(tmp_path):
     import torch
 
-    path = hf_fixtures.llama(tmp_path / "m", tied=False, layers=1)
+    path = hf_fixtures.llama(tmp_path / "m", tied=False, layers=2)
     cfg, params = rotax.load_hf(path)[:2]
     vocab = hf_fixtures.TINY["vocab_size"]
     rng = np.random.default_rng(3)
