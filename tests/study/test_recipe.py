@@ -49,3 +49,14 @@ def test_unknown_switch_values_are_errors():
         evaluation_options(study)
     env = GeneralPointsEnvironment(None, CompactRenderer(), Rule.ID, 4, SamplingOptions(), episode_end="continue")
     assert env.max_turns == 6
+
+
+def test_resume_maps_the_recipe_keys_to_their_first_stage():
+    from rotax.study.resume import changed_settings
+
+    toy = run_config.config_to_dict(run_config.load_config("toy"))
+    new = run_config.config_to_dict(run_config.load_config(
+        "toy", ["study.recipe=custom", "study.reset_grid=reference", "study.reference_ranks=8,16"]))
+    assert changed_settings(toy, new) == {"study.reset_grid": "resets", "study.reference_ranks": "resets"}
+    sampled = run_config.config_to_dict(run_config.load_config("toy", ["study.eval_decoding=sampled"]))
+    assert changed_settings(toy, sampled) == {"study.eval_decoding": "base"}
