@@ -9,7 +9,9 @@ Sampling: greedy (``temperature == 0``) or softmax(logits / temperature) restric
 **Log-probs.** ``SampleOutput.logprobs[b, i]`` is ``log_softmax(logits / temperature)`` of the
 sampled token over the *full* vocabulary (not renormalized after top-k / top-p truncation) —
 the log π at the rollout temperature that PPO recomputes from a forward pass. With greedy
-decoding the temperature is taken as 1 (the model's plain log-probs).
+decoding the temperature is taken as 1 (the model's plain log-probs). With a repetition penalty
+they are taken after it, so PPO's recomputed log-probs (which, as the study's reference code,
+ignore the penalty) differ from them; the PPO metric ``sampler_logprob_gap`` shows by how much.
 
 **Randomness.** Row ``b`` draws with ``fold_in(fold_in(key, row_ids[b]), step)``, so a row's
 sample depends on its ``row_id``, its prompt and the key — not on the other rows of the batch.
