@@ -78,7 +78,7 @@ class Workload:
     prompt_tokens: int = 300
     answer_tokens: int = 256
     ppo_answer_tokens: int = 512
-    turns: int = 5
+    turns: int = 6  # 5 graded attempts + the step-limit answer of the reference recipe
     feedback_tokens: int = 40
     rollout_batch: int = 128
     ppo_microbatch: int = 16

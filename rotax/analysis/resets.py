@@ -11,7 +11,9 @@ All take and return canonical trees (see docs/architecture.md). For each selecte
 * :func:`sigma_only`: ``U_t, V_t`` kept, ``Σ' = [Σ_r head | Σ_t middle | Σ_r tail]``.
 * :func:`reset_layers`: whole layers (every tensor, norms and biases too) from the reference.
 
-``k_top``/``k_tail``: an ``int`` rank or a ``float`` fraction of ``n``. Edges, as in the study's
+``k_top``/``k_tail``: an ``int`` rank or a ``float`` fraction of ``n``; with ``clamp_ranks`` an
+``int`` above ``n`` means ``n`` (the study's ``min(k, n)``: its absolute ranks 2560-4096 fully
+revert the narrow k/v projections), otherwise it is an error. Edges, as in the study's
 code: ``k_top = k_tail = 0`` returns the target tensor object unchanged; for ``uv_merge`` and
 ``triplet_swap`` ``k_top + k_tail = n`` returns the reference values exactly (note: the
 ``uv_merge`` formula itself would give ``U_r Σ_t V_rᵀ`` there). Unselected tensors and layers
@@ -77,26 +79,30 @@ def merge_matrix(w_tgt: jax.Array, w_ref: jax.Array, k_top: int, k_tail: int,
 
 
 def uv_merge(target, reference, selector: Selector, k_top, k_tail=0, *,
-             layer_ids: Sequence[int] | None = None, num_hidden_layers: int | None = None):
+             layer_ids: Sequence[int] | None = None, num_hidden_layers: int | None = None,
+             clamp_ranks: bool = False):
     """Reference singular directions (top ``k_top`` and bottom ``k_tail``) with the target's
     singular values, on the matrices ``selector`` picks. Returns a new canonical tree."""
-    return _restore(target, reference, selector, k_top, k_tail, "uv", layer_ids, num_hidden_layers)
+    return _restore(target, reference, selector, k_top, k_tail, "uv", layer_ids, num_hidden_layers,
+                    clamp_ranks)
 
 
 def triplet_swap(target, reference, selector: Selector, k_top, k_tail=0, *,
-                 layer_ids: Sequence[int] | None = None, num_hidden_layers: int | None = None):
+                 layer_ids: Sequence[int] | None = None, num_hidden_layers: int | None = None,
+                 clamp_ranks: bool = False):
     """Reference singular triplets (vectors and values) in the top ``k_top`` / bottom
     ``k_tail`` slots, target triplets between. Returns a new canonical tree."""
     return _restore(target, reference, selector, k_top, k_tail, "swap", layer_ids,
-                    num_hidden_layers)
+                    num_hidden_layers, clamp_ranks)
 
 
 def sigma_only(target, reference, selector: Selector, k_top, k_tail=0, *,
-               layer_ids: Sequence[int] | None = None, num_hidden_layers: int | None = None):
+               layer_ids: Sequence[int] | None = None, num_hidden_layers: int | None = None,
+               clamp_ranks: bool = False):
     """Target singular vectors, reference singular values in the top ``k_top`` / bottom
     ``k_tail`` slots (the study's control). Returns a new canonical tree."""
     return _restore(target, reference, selector, k_top, k_tail, "sigma", layer_ids,
-                    num_hidden_layers)
+                    num_hidden_layers, clamp_ranks)
 
 
 def reset_layers(target, reference, layers, include_embeddings: bool = False,
@@ -129,7 +135,8 @@ def reset_layers(target, reference, layers, include_embeddings: bool = False,
     return unflatten_like(target, out)
 
 
-def _restore(target, reference, selector, k_top, k_tail, mode, layer_ids, num_hidden_layers):
+def _restore(target, reference, selector, k_top, k_tail, mode, layer_ids, num_hidden_layers,
+             clamp_ranks=False):
     check_compatible(target, reference)
     selector = selector if isinstance(selector, Selector) else Selector(**dict(selector))
     chosen = selector.resolve(target, layer_ids, num_hidden_layers)
@@ -138,7 +145,11 @@ def _restore(target, reference, selector, k_top, k_tail, mode, layer_ids, num_hi
     for path, indices in chosen.items():
         leaf, ref = flat_t[path], flat_r[path]
         n = min(leaf.shape[-2:])
-        top, tail = resolve_rank(k_top, n), resolve_rank(k_tail, n)
+        if clamp_ranks:  # the study's k_top = min(k_top, n), k_tail = min(k_tail, n - k_top)
+            top = resolve_rank(min(k_top, n) if _is_rank(k_top) else k_top, n)
+            tail = min(resolve_rank(min(k_tail, n) if _is_rank(k_tail) else k_tail, n), n - top)
+        else:
+            top, tail = resolve_rank(k_top, n), resolve_rank(k_tail, n)
         if top + tail > n:
             raise ValueError(f"{'.'.join(path)}: k_top + k_tail = {top} + {tail} exceeds "
                              f"min(out, in) = {n}")
@@ -153,6 +164,10 @@ def _restore(target, reference, selector, k_top, k_tail, mode, layer_ids, num_hi
             program = _leaf_program(mode, top, tail, indices, _sharding(leaf))
         out[path] = program(leaf, ref)
     return unflatten_like(target, out)
+
+
+def _is_rank(k) -> bool:
+    return isinstance(k, (int, np.integer)) and not isinstance(k, bool)
 
 
 @functools.lru_cache(maxsize=256)

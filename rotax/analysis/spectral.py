@@ -225,7 +225,8 @@ def _compare_stack(ref, ref_factors, tgt, keys, *, k: int, bands: tuple[int, int
 
 def summarize(rows: Iterable[Mapping[str, Any]], metrics: Sequence[str] = (
         "sigma_drift", "chordal_norm_u", "chordal_norm_v", "magnitude_share",
-        "rotation_share")) -> list[dict[str, Any]]:
+        "rotation_share", "sigma_drift_top768", "magnitude_share_top768",
+        "rotation_share_top768")) -> list[dict[str, Any]]:
     """Means of ``metrics`` (and their ``null_`` twins) per (target, module type)."""
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for row in rows:

@@ -21,6 +21,10 @@ import jax
 import jax.numpy as jnp
 
 HIGHEST = jax.lax.Precision.HIGHEST
+#: The study's fixed top rank (``TOP_RANK_UV`` of its ``analysis/raw_metrics_angle.py``): its
+#: relative σ change covers the first ``min(768, m, n)`` singular values and its energy split
+#: the top block of that size; the ``*_top768`` columns are those, comparable with the papers.
+REFERENCE_TOP_RANK = 768
 
 
 def map_layers(fn, *stacks):
@@ -178,6 +182,8 @@ def compare(w_ref: jax.Array, ref: Factors, w_tgt: jax.Array, tgt: Factors, *, k
         band = (idx >= lo) & (idx < hi)
         out[f"sigma_drift_{name}"] = _masked_mean(jnp.abs(rel), valid & band)
     out["max_abs_rel_dsigma"] = jnp.max(jnp.where(valid, jnp.abs(rel), 0.0))
+    top_rank = min(REFERENCE_TOP_RANK, r)
+    out["sigma_drift_top768"] = _masked_mean(jnp.abs(rel), valid & (idx < top_rank))
 
     delta = w_tgt - w_ref
     delta2 = jnp.sum(delta**2)
@@ -209,6 +215,10 @@ def compare(w_ref: jax.Array, ref: Factors, w_tgt: jax.Array, tgt: Factors, *, k
     out["outside_share"] = jnp.clip(1.0 - total2 / safe, 0.0, 1.0)
     out["magnitude_share_topk"] = top_diag2 / safe
     out["rotation_share_topk"] = (jnp.sum(top**2) - top_diag2) / safe
+    block = coeff[:top_rank, :top_rank]
+    block_diag2 = jnp.sum(jnp.diagonal(block) ** 2)
+    out["magnitude_share_top768"] = block_diag2 / safe
+    out["rotation_share_top768"] = (jnp.sum(block**2) - block_diag2) / safe
     return out, arrays
 
 

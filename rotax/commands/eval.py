@@ -61,7 +61,8 @@ def load_model(path, *, mesh=None, dtype=None):
 
 def sampling_options(args, model_dir) -> "SamplingOptions":
     """Greedy with ``--greedy``; else the model's ``generation_config.json`` (temperature,
-    top_p, top_k; ``do_sample: false`` means greedy) overridden by the flags."""
+    top_p, top_k, repetition_penalty; ``do_sample: false`` means greedy) overridden by the flags.
+    (A file without ``top_k`` means no top-k here; Hugging Face's ``generate`` would use 50.)"""
     from rotax.sampling.sampler import SamplingOptions
 
     if args.greedy:
@@ -75,8 +76,9 @@ def sampling_options(args, model_dir) -> "SamplingOptions":
         (gen.get("temperature", 1.0) if sample else 0.0)
     top_p = args.top_p if args.top_p is not None else (gen.get("top_p") or 1.0)
     top_k = args.top_k if args.top_k is not None else (gen.get("top_k") or 0)
+    penalty = gen.get("repetition_penalty") or 1.0  # HF applies it to greedy decoding too
     return SamplingOptions(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
-                           max_new_tokens=args.max_new_tokens)
+                           max_new_tokens=args.max_new_tokens, repetition_penalty=float(penalty))
 
 
 def make_renderer(kind: str, tokenizer, template=None):

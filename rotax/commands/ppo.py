@@ -49,17 +49,13 @@ def resolve_init(init, config) -> tuple[Path, Path | None]:
 def make_environment(config, tokenizer, mesh):
     """The :class:`rotax.tasks.points.environment.GeneralPointsEnvironment` the ``ppo`` and
     ``data`` sections describe (renderer from ``data.renderer``, hands under ``ppo.rule``)."""
-    from rotax import sampling
-    from rotax.tasks.points.environment import GeneralPointsEnvironment
+    from rotax.tasks.points.environment import GeneralPointsEnvironment, environment_settings
     from rotax.tasks.points.sft_source import make_renderer, parse_rule
 
     p = config.ppo
-    options = sampling.SamplingOptions(temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
-                                       max_new_tokens=p.max_new_tokens)
     return GeneralPointsEnvironment(tokenizer, make_renderer(config.data), parse_rule(p.rule),
-                                    p.episodes_per_update, options, attempts=p.attempts,
-                                    batch_size=p.rollout_batch_size, seed=config.seed, mesh=mesh,
-                                    pre_formula_weight=p.pre_formula_weight, formula_marker=p.formula_marker)
+                                    p.episodes_per_update, seed=config.seed, mesh=mesh,
+                                    **environment_settings(p))
 
 
 def run(args) -> int:

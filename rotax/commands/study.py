@@ -19,10 +19,12 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from rotax.runtime.run_config import apply_overrides, config_from_args
     from rotax.study.pipeline import apply_preset, run_study
+    from rotax.study.recipe import check_recipe
 
     config = config_from_args(args)
     apply_preset(config)  # then the command line wins over the preset
     apply_overrides(config, args.config_overrides)
+    check_recipe(config)
     outputs = run_study(config, force=tuple(args.force), only=tuple(args.only))
     report = outputs.get("report", {})
     if report:

@@ -22,6 +22,7 @@ def get_config():
     # PPO: the reference collects 128 turns per process on 4 processes per update.
     config = study_config(run_dir="runs/llama3_2_11b_vision", sft_steps=1600, ppo_updates=100,
                         episodes_per_update=128, ppo_minibatch=4 * 128, ppo_every=10,
-                        ppo_starts=("peak", STUDY_END_STEP))
+                        ppo_starts=("peak", STUDY_END_STEP), recipe="reference",
+                        model="llama3_2_11b_vision")
     config.sft.checkpoint_steps = STUDY_SFT_CHECKPOINTS  # saved and evaluated
     return config

@@ -20,6 +20,7 @@ STUDY_PEAK_STEP, STUDY_END_STEP = 120, 800
 def get_config():
     # PPO: the reference collects 32 turns per process on 4 processes per update.
     config = study_config(run_dir="runs/qwen2_5_7b", sft_steps=800, ppo_updates=300,
-                        episodes_per_update=32, ppo_minibatch=4 * 32, ppo_every=50)
+                        episodes_per_update=32, ppo_minibatch=4 * 32, ppo_every=50,
+                        recipe="reference", model="qwen2_5_7b")
     config.sft.checkpoint_steps = STUDY_SFT_CHECKPOINTS  # saved and evaluated
     return config

@@ -19,6 +19,8 @@ from rotax.runtime import run_config
 from rotax.sft import step as sft_step
 from rotax.sft import data as sft_data
 from rotax.study import pipeline as study_pipeline
+from rotax.study.recipe import apply_recipe
+from rotax.tasks.points.environment import REFERENCE_MARKER_IDS
 
 #: Evaluation hands per rule, their seed, attempts per hand and tokens per answer (SPEC §1).
 EVAL_HANDS = 234
@@ -28,11 +30,32 @@ MAX_NEW_TOKENS = 256
 #: The reference's rollout budget per answer during RL (its RL configs: max_new_tokens 512).
 PPO_MAX_NEW_TOKENS = 512
 
+#: Sampling defaults of each checkpoint's ``generation_config.json`` (Hugging Face model files,
+#: not in the reference repository). The reference's ``generate`` calls take them from there
+#: (its RL passes only temperature 0.2 and max_new_tokens; its evaluator only max_new_tokens);
+#: HF's default ``top_k`` of 50 applies where the file sets none.
+GENERATION_CONFIGS = {
+    "llama3_2_11b_vision": {"temperature": 0.6, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.0},
+    "qwen2_5_7b": {"temperature": 0.7, "top_k": 20, "top_p": 0.8, "repetition_penalty": 1.05},
+}
+#: The reference's layer-reset ranges (``analysis/run_parallel-layer*.sh``, HF layer numbers;
+#: Qwen's "20-29" cut to its 28 layers) and whether its script's parameter names also reset the
+#: embeddings and LM head (``always_replace`` names Mllama's ``language_model.*`` tensors only).
+REFERENCE_LAYER_RESETS = {
+    "llama3_2_11b_vision": (("0-9", "10-19", "20-29", "30-39"), True),
+    "qwen2_5_7b": (("0-9", "10-19", "20-27"), False),
+}
+#: The reference's UV-merge ranks (``analysis/params-dir.txt``).
+REFERENCE_RANKS = (2560, 3072, 3584)
+#: DeepSpeed's log warm-up length in the study's SFT log: ceil(0.03 × 12,501 steps).
+REFERENCE_WARMUP_STEPS = 376
+
 
 def study_config(*, run_dir: str, sft_steps: int, ppo_updates: int,
                  episodes_per_update: int, ppo_minibatch: int, ppo_every: int = 10,
                  rollout_batch_size: int | None = None,
-                 ppo_starts: tuple = ("peak", "end")) -> ml_collections.ConfigDict:
+                 ppo_starts: tuple = ("peak", "end"), recipe: str = "rotax",
+                 model: str = "") -> ml_collections.ConfigDict:
     """A full run config with the study's recipe.
 
     ``sft_steps``: SFT optimizer steps. ``ppo_updates``: PPO updates (rollout + 4 epochs).
@@ -45,7 +68,9 @@ def study_config(*, run_dir: str, sft_steps: int, ppo_updates: int,
     evaluated update has a checkpoint). ``rollout_batch_size``: rows per sampler call (default
     ``episodes_per_update``: an update's first attempts in one call). ``ppo_starts``: the SFT
     checkpoints PPO runs from (``"peak"``, ``"end"`` or a step). ``model.path`` is left empty:
-    give the local HF directory with ``--config.model.path=...`` (rotax never downloads)."""
+    give the local HF directory with ``--config.model.path=...`` (rotax never downloads).
+    ``recipe``: ``rotax`` or ``reference`` (:mod:`rotax.study.recipe`; the reference needs
+    ``model``, a key of :data:`GENERATION_CONFIGS`, for its sampling and reset ranges)."""
     config = run_config.default_config()
     config.run_dir = run_dir
     config.seed = 0
@@ -100,7 +125,34 @@ def study_config(*, run_dir: str, sft_steps: int, ppo_updates: int,
         ppo_starts=tuple(ppo_starts), ppo_seeds=1, reset_reference="peak",
         analysis_k=0.2, null_seeds=2,
     ))
+    if recipe == "reference":
+        _reference_recipe(config, model)
+    else:
+        apply_recipe(config, recipe)
     return config
+
+
+def _reference_recipe(config, model: str) -> None:
+    """The study's code path (docs/reproducing-the-study.md lists each value's evidence)."""
+    if model not in GENERATION_CONFIGS:
+        raise ValueError(f"the reference recipe needs model= one of {sorted(GENERATION_CONFIGS)}, "
+                         f"got {model!r}")
+    apply_recipe(config, "reference")
+    generation = GENERATION_CONFIGS[model]
+    # rollouts: the checkpoint's sampling at the RL temperature 0.2, incl. its repetition penalty
+    config.ppo.update(dict(top_k=generation["top_k"], top_p=generation["top_p"],
+                           repetition_penalty=generation["repetition_penalty"],
+                           formula_marker_ids=REFERENCE_MARKER_IDS,
+                           # its clip_grad_norm_(0.01) is a no-op under DeepSpeed (accelerate
+                           # returns at once); DeepSpeed's own clipping is in a file not published
+                           max_grad_norm=0.0))
+    config.sft.warmup_steps = REFERENCE_WARMUP_STEPS
+    ranges, embed_head = REFERENCE_LAYER_RESETS[model]
+    config.study.update(dict(
+        eval_temperature=generation["temperature"], eval_top_k=generation["top_k"],
+        eval_top_p=generation["top_p"], eval_repetition_penalty=generation["repetition_penalty"],
+        reference_ranks=REFERENCE_RANKS, reference_layer_ranges=ranges,
+        reference_layer_embed_head=embed_head))
 
 
 def checkpoint_schedule(first: tuple[int, ...], every: int, last: int) -> tuple[int, ...]:

@@ -2,9 +2,10 @@
 normalization.
 
 Time runs along axis 0; any trailing axes are independent streams (parallel environments).
-``dones[t]`` marks that the episode ended *with* step ``t`` (terminal or truncated — rotax treats
-truncation as terminal, as the study does), so neither the value of step ``t + 1`` nor its
-advantage flows back into step ``t``. Several episodes may follow each other along the time
+``dones[t]`` marks that returns stop *after* step ``t`` (``dones = 1 - masks`` of the reference's
+storage), so neither the value of step ``t + 1`` nor its advantage flows back into step ``t``.
+rotax's own recipe marks every episode end (a solved hand or the attempt limit); the study's
+reference marks only solved hands, so after its step limit GAE runs on into the next hand. Several episodes may follow each other along the time
 axis of one stream (episode boundaries inside the buffer).
 """
 
@@ -39,6 +40,19 @@ def gae(rewards: jax.Array, values: jax.Array, dones: jax.Array, last_value: jax
     _, advantages = jax.lax.scan(step, jnp.zeros_like(values[0]),
                                  (rewards, values, next_values, alive), reverse=True)
     return advantages, advantages + values
+
+
+def buffer_advantages(rewards: jax.Array, values: jax.Array, dones: jax.Array, valid: jax.Array,
+                      gamma: float, lam: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(raw, returns, normalized)`` ``[N]`` for the rows of a PPO buffer (valid rows first):
+    :func:`gae` with the padding rows' values taken as 0 (a last valid row that is not terminal
+    bootstraps from 0) and no bootstrap after the buffer, then zeroed on padding, and the raw
+    advantages normalized over the valid rows (:func:`normalize`)."""
+    valid = jnp.asarray(valid, jnp.float32)
+    raw, returns = gae(rewards, jnp.asarray(values, jnp.float32) * valid, dones,
+                       jnp.zeros((), jnp.float32), gamma, lam)
+    raw, returns = raw * valid, returns * valid
+    return raw, returns, normalize(raw, valid)
 
 
 def masked_mean_std(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -6,11 +6,14 @@ response, reward = that attempt's reward. Any object with a ``play`` method retu
 :class:`Rollout` is an environment (GeneralPoints: :class:`rotax.tasks.points.environment.
 GeneralPointsEnvironment`; the tests also use a one-turn task). Its steps are records with
 ``hand_index`` (episode), ``attempt``, ``prompt_ids``, ``response_ids``, ``response_logprobs``,
-``reward``, ``done`` and optionally ``token_weight`` (:class:`Step`).
+``reward``, ``done`` and optionally ``token_weight`` and ``terminal`` (:class:`Step`).
 
 :func:`build_buffer` lays the steps out *episode-major* (episode 0's turns in order, then
 episode 1's, ...), valid rows first and padding rows last, so GAE is one reverse scan over the
-rows with ``dones`` marking episode ends. Each row is ``[prompt left-padded to P | response
+rows with ``dones`` marking where returns stop (episode ends, unless a step says it is not
+``terminal``: then GAE runs on into the next episode's first row, as the study's reference
+does after its step limit; after the last valid row it meets the padding, whose value is 0).
+Each row is ``[prompt left-padded to P | response
 right-padded to R]``; the value is read at slot ``P - 1`` (the last prompt token).
 """
 
@@ -29,7 +32,8 @@ from rotax import sampling
 class Step(Protocol):
     """One time step as :func:`build_buffer` reads it. ``token_weight`` (optional, ``[R]``
     float32): the weight of each response token's log-prob in the action log-prob (all ones
-    when absent)."""
+    when absent). ``terminal`` (optional bool or None): whether returns stop after this step
+    (default: ``done``)."""
 
     hand_index: int
     attempt: int
@@ -85,7 +89,7 @@ class RolloutBuffer(NamedTuple):
     ``[N, R]`` float32 (real response tokens); token_weight ``[N, R]`` float32 (the weight of
     each response token's log-prob in the action log-prob; 0 on padding); sampler_logprob
     ``[N, R]`` float32 (the sampler's own log-probs, a diagnostic); rewards ``[N]`` float32;
-    dones ``[N]`` bool (the episode ends with this row; true on padding rows); row_mask ``[N]``
+    dones ``[N]`` bool (returns stop after this row; true on padding rows); row_mask ``[N]``
     float32 (1 = real step).
     """
 
@@ -156,7 +160,8 @@ def build_buffer(turns: Sequence[Step], *, rows: int, pad_id: int, max_new_token
         weight[i, :n] = 1.0 if token_weight is None else np.asarray(token_weight, np.float32)[:n]
         sampler_logprob[i, :n] = np.asarray(turn.response_logprobs, np.float32)
         rewards[i] = turn.reward
-        dones[i] = turn.done
+        terminal = getattr(turn, "terminal", None)
+        dones[i] = turn.done if terminal is None else terminal
         row_mask[i] = 1.0
     return RolloutBuffer(tokens, attention, response_mask, weight, sampler_logprob, rewards,
                          dones, row_mask)

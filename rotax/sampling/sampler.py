@@ -2,12 +2,16 @@
 KV cache in a ``lax.while_loop`` until every row has emitted an EOS id or ``max_new_tokens``.
 
 Sampling: greedy (``temperature == 0``) or softmax(logits / temperature) restricted to the
-``top_k`` largest logits and then to the smallest set whose probability reaches ``top_p``.
+``top_k`` largest logits and then to the smallest set whose probability reaches ``top_p``. A
+``repetition_penalty`` other than 1 first penalizes the logits of every id already in the row
+(prompt and generated so far; :mod:`rotax.sampling.penalties`), as HF ``generate`` does.
 
 **Log-probs.** ``SampleOutput.logprobs[b, i]`` is ``log_softmax(logits / temperature)`` of the
 sampled token over the *full* vocabulary (not renormalized after top-k / top-p truncation) —
 the log π at the rollout temperature that PPO recomputes from a forward pass. With greedy
-decoding the temperature is taken as 1 (the model's plain log-probs).
+decoding the temperature is taken as 1 (the model's plain log-probs). With a repetition penalty
+they are taken after it, so PPO's recomputed log-probs (which, as the study's reference code,
+ignore the penalty) differ from them; the PPO metric ``sampler_logprob_gap`` shows by how much.
 
 **Randomness.** Row ``b`` draws with ``fold_in(fold_in(key, row_ids[b]), step)``, so a row's
 sample depends on its ``row_id``, its prompt and the key — not on the other rows of the batch.
@@ -33,6 +37,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from rotax.sampling import penalties
 from rotax.models.decode_step import HeadMajorCache, decode_step, unroll_layers_by_default
 from rotax.runtime.host import to_global, to_host
 from rotax.runtime.sharding import batch_sharding
@@ -58,10 +63,13 @@ class SamplingOptions:
     top_k: int = 0
     top_p: float = 1.0
     max_new_tokens: int = 256
+    repetition_penalty: float = 1.0
 
     def __post_init__(self):
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_new_tokens < 1:
             raise ValueError(f"invalid sampling options {self}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
     @property
     def greedy(self) -> bool:
@@ -210,9 +218,9 @@ def choose_tokens(logits, keys, temperature, top_p, *, greedy: bool, top_k: int,
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "greedy", "top_k",
-                                             "use_top_p", "pad_id", "mesh", "unroll"))
-def _sample(params, tokens, mask, keys, temperature, top_p, eos, *, cfg, max_new_tokens, greedy,
-            top_k, use_top_p, pad_id, mesh, unroll):
+                                             "use_top_p", "pad_id", "mesh", "unroll", "use_penalty"))
+def _sample(params, tokens, mask, keys, temperature, top_p, eos, penalty=1.0, *, cfg, max_new_tokens,
+            greedy, top_k, use_top_p, pad_id, mesh, unroll, use_penalty=False):
     b, p = tokens.shape
     n = max_new_tokens
     mask = mask.astype(bool)
@@ -225,15 +233,19 @@ def _sample(params, tokens, mask, keys, temperature, top_p, eos, *, cfg, max_new
                                top_k=top_k, use_top_p=use_top_p)
 
     def emit(state, logits, step):
-        out_tokens, out_logp, done, lengths = state
+        out_tokens, out_logp, done, lengths, seen = state
+        if use_penalty:
+            logits = penalties.apply_repetition_penalty(logits, seen, penalty)
         token, logp = choose(logits, jax.vmap(lambda k: jax.random.fold_in(k, step))(keys))
         alive = ~done
+        if use_penalty:
+            seen = penalties.mark_seen(seen, token, alive)
         token = jnp.where(alive, token, pad_id)
         logp = jnp.where(alive, logp, 0.0)
         out_tokens = jax.lax.dynamic_update_slice(out_tokens, token[:, None], (0, step))
         out_logp = jax.lax.dynamic_update_slice(out_logp, logp[:, None], (0, step))
         done = done | (alive & jnp.isin(token, eos))
-        return (out_tokens, out_logp, done, lengths + alive.astype(jnp.int32)), token
+        return (out_tokens, out_logp, done, lengths + alive.astype(jnp.int32), seen), token
 
     # prefill: the decoder over the prompt with a prompt-sized cache, then the sampler's cache
     prefill_cache = decoder.init_cache(cfg, b, p)
@@ -248,8 +260,9 @@ def _sample(params, tokens, mask, keys, temperature, top_p, eos, *, cfg, max_new
         stacked = nnx.state(nnx.merge(decoder.graphdef(cfg), params).model.layers)
         layers = [jax.tree.map(lambda w, i=i: w[i], stacked) for i in range(cfg.num_layers)]
     logits = decoder.lm_logits(cfg, params, out.hidden[:, -1:])[:, 0]
+    seen = penalties.seen_tokens(tokens, mask, logits.shape[-1]) if use_penalty else jnp.zeros((), bool)
     state = (jnp.full((b, n), pad_id, jnp.int32), jnp.zeros((b, n), jnp.float32),
-             jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32))
+             jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32), seen)
     state, token = emit(state, logits, 0)
 
     def cond(carry):
@@ -266,7 +279,7 @@ def _sample(params, tokens, mask, keys, temperature, top_p, eos, *, cfg, max_new
         return step + 1, state, token, cache
 
     _, state, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), state, token, cache))
-    out_tokens, out_logp, _, lengths = state
+    out_tokens, out_logp, _, lengths, _ = state
     valid = jnp.arange(n)[None, :] < lengths[:, None]
     return SampleOutput(out_tokens, out_logp, valid, lengths)
 
@@ -310,7 +323,9 @@ def sample(cfg: ModelConfig, params, tokens, mask, key, options: SamplingOptions
                    jnp.float32(options.top_p), _eos_array(eos_ids), cfg=cfg, max_new_tokens=options.max_new_tokens,
                    greedy=options.greedy, top_k=options.top_k, use_top_p=options.top_p < 1.0,
                    pad_id=int(pad_id), mesh=mesh,
-                   unroll=unroll_layers_by_default() if unroll is None else bool(unroll))
+                   unroll=unroll_layers_by_default() if unroll is None else bool(unroll),
+                   penalty=jnp.float32(options.repetition_penalty),
+                   use_penalty=options.repetition_penalty != 1.0)
 
 
 def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], key,

@@ -46,7 +46,8 @@ def default_config() -> ml_collections.ConfigDict:
     source: ``general_points`` or ``jsonl``. rules: face-card rules of the training hands,
     each ``id``, ``ood`` or ``J,Q,K`` values (``"10,10,10"``); several are drawn uniformly.
     renderer: ``json_chat`` (the study's prompt; ``template_file`` may replace its wording) or
-    ``compact`` (the toy's word-level form). solution_choice: ``random`` (uniform over known
+    ``compact`` (the toy's word-level form). answer_parser (json_chat): ``lenient`` (rotax's
+    parser) or ``reference`` (the study's strict ``"formula": "..."`` reading). solution_choice: ``random`` (uniform over known
     solutions) or ``canonical``. jsonl_path: the file for ``source=jsonl``. bucket: pad lengths
     up to a multiple of this; max_length: longer examples are cut (GeneralPoints: an error).
     probe_batches: batches in each ID/OOD probe set (loss on held-out hands); probe_seed: their
@@ -57,6 +58,7 @@ def default_config() -> ml_collections.ConfigDict:
         "rules": ("id",),
         "renderer": "json_chat",
         "template_file": "",
+        "answer_parser": "lenient",
         "solution_choice": "random",
         "jsonl_path": "",
         "bucket": 64,

@@ -15,6 +15,7 @@ from rotax.io.tokenizer import load_tokenizer
 from rotax.models.decoder import param_shapes
 from rotax.runtime.run_config import mesh_from_config
 from rotax.runtime.sharding import param_shardings
+from rotax.sampling import SamplingOptions
 from rotax.tasks.points import STANDARD_RANKS, Rule
 from rotax.tasks.points.accuracy import evaluate_accuracy, study_hands
 from rotax.tasks.points.sft_source import make_renderer
@@ -78,7 +79,8 @@ class StudyContext:
         hands = [h for seed in seeds for h in study_hands(rule, 1000 + seed_offset + seed, n, self.ranks)]
         return evaluate_accuracy(self.model_cfg, params, self.tokenizer, self.renderer, hands, rule,
                                  attempts=s.attempts, max_new_tokens=s.max_new_tokens,
-                                 batch_size=s.eval_batch_size, seed=seed_offset)
+                                 batch_size=s.eval_batch_size, seed=seed_offset,
+                                 options=evaluation_options(s))
 
     def evaluate_id_ood(self, params, *, n: int, seeds, seed_offset: int = 0) -> dict:
         return {"id": self.evaluate(params, Rule.ID, n=n, seeds=seeds, seed_offset=seed_offset),
@@ -90,6 +92,25 @@ class StudyContext:
         and from the auto-select probe hands."""
         s = self.config.study
         return self.evaluate_id_ood(params, n=s.reset_hands, seeds=s.eval_seeds, seed_offset=TEST_SEED_OFFSET)
+
+
+EVAL_DECODINGS = ("greedy", "sampled")
+
+
+def evaluation_options(study) -> SamplingOptions:
+    """Decoding of the study's evaluations: ``study.eval_decoding`` ``greedy`` (rotax) or
+    ``sampled`` with ``eval_temperature``/``eval_top_k``/``eval_top_p``/
+    ``eval_repetition_penalty`` (the reference samples with each model's generation config)."""
+    decoding = getattr(study, "eval_decoding", "greedy")
+    if decoding not in EVAL_DECODINGS:
+        raise ValueError(f"study.eval_decoding {decoding!r}: choose one of {EVAL_DECODINGS}")
+    if decoding == "greedy":
+        return SamplingOptions(temperature=0.0, max_new_tokens=study.max_new_tokens)
+    if not study.eval_temperature > 0:
+        raise ValueError("study.eval_decoding=sampled needs study.eval_temperature > 0")
+    return SamplingOptions(temperature=study.eval_temperature, top_k=study.eval_top_k,
+                           top_p=study.eval_top_p, repetition_penalty=study.eval_repetition_penalty,
+                           max_new_tokens=study.max_new_tokens)
 
 
 def with_path(model_section, path):

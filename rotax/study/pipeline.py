@@ -45,6 +45,15 @@ def default_config() -> ml_collections.ConfigDict:
     ppo_seeds: PPO runs per start. reset_reference: ``peak`` (the study's SFT_MaxOOD) or
     ``base``. null_seeds: matched-norm null draws per matrix. analysis_k: top-subspace size, a fraction in
     [0, 1] or a whole rank above 1 (``--config.study.analysis_k=64``).
+
+    recipe: ``rotax`` or ``reference`` (the study's code path) — names the values of the switch
+    keys of :mod:`rotax.study.recipe` across sections; ``custom`` when they are mixed.
+    eval_decoding: ``greedy`` or ``sampled`` with eval_temperature / eval_top_k / eval_top_p /
+    eval_repetition_penalty. reset_grid: ``rotax`` (fractions of min(m, n), the seven layer
+    matrix types, whole-layer resets) or ``reference`` (every 2-D tensor incl. embeddings and
+    head at the absolute ranks reference_ranks, min(k, n); 2-D-only layer resets of
+    reference_layer_ranges, plus embeddings/head when reference_layer_embed_head; a
+    full-revert reverse test for every PPO run).
     """
     return ml_collections.ConfigDict({
         "preset": "",
@@ -64,6 +73,16 @@ def default_config() -> ml_collections.ConfigDict:
         "analysis_k": 0.2,
         "autoselect_layers": ("first 25%", "first 50%", "0-1", "last 25%"),
         "autoselect_ranks": (0.1, 0.2, 0.5),
+        "recipe": "rotax",
+        "eval_decoding": "greedy",
+        "eval_temperature": 1.0,
+        "eval_top_k": 0,
+        "eval_top_p": 1.0,
+        "eval_repetition_penalty": 1.0,
+        "reset_grid": "rotax",
+        "reference_ranks": (2560, 3072, 3584),
+        "reference_layer_ranges": ("0-9",),
+        "reference_layer_embed_head": False,
         "progress": True,
     })
 

@@ -26,8 +26,14 @@ FIRST_STAGE = {
     "study.reset_reference": "resets",
     "study.probe_hands": "autoselect", "study.autoselect_layers": "autoselect",
     "study.autoselect_ranks": "autoselect",
+    "study.eval_decoding": "base", "study.eval_temperature": "base", "study.eval_top_k": "base",
+    "study.eval_top_p": "base", "study.eval_repetition_penalty": "base",
+    "study.reset_grid": "resets", "study.reference_ranks": "resets",
+    "study.reference_layer_ranges": "resets", "study.reference_layer_embed_head": "resets",
 }
-IGNORED = ("mesh", "run_dir", "study.progress", "sft.progress", "ppo.progress", "pretrain.progress")
+# study.recipe only names the switch keys' values (checked by rotax.study.recipe.check_recipe)
+IGNORED = ("mesh", "run_dir", "study.progress", "sft.progress", "ppo.progress", "pretrain.progress",
+           "study.recipe")
 
 
 def _flatten(tree, prefix: str = "") -> dict:

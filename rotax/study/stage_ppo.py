@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import functools
 
-from rotax import sampling
 from rotax.io.hf import export_hf_checkpoint
 from rotax.io.tokenizer import pad_id
 from rotax.rl.ppo import loop as ppo_loop
@@ -14,7 +13,7 @@ from rotax.study.context import StudyContext
 from rotax.study.curve import tracked_curve
 from rotax.tasks.points import Rule
 from rotax.tasks.points.accuracy import study_hands
-from rotax.tasks.points.environment import GeneralPointsEnvironment
+from rotax.tasks.points.environment import GeneralPointsEnvironment, environment_settings
 
 
 def resolve_starts(starts, sft: dict) -> list[tuple[str, int]]:
@@ -50,13 +49,9 @@ def run(ctx: StudyContext, outputs: dict) -> dict:
 def _environment(ctx: StudyContext, seed: int) -> GeneralPointsEnvironment:
     """ID hands from the study's deck, fresh every update (seeds disjoint from the eval sets)."""
     p = ctx.config.ppo
-    options = sampling.SamplingOptions(temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
-                                       max_new_tokens=p.max_new_tokens)
     deal = functools.partial(_study_deal, seed=seed, episodes=p.episodes_per_update, ranks=ctx.ranks)
-    return GeneralPointsEnvironment(ctx.tokenizer, ctx.renderer, Rule.ID, p.episodes_per_update, options,
-                                    attempts=p.attempts, batch_size=p.rollout_batch_size, seed=seed,
-                                    mesh=ctx.mesh, pre_formula_weight=p.pre_formula_weight,
-                                    formula_marker=p.formula_marker, deal=deal)
+    return GeneralPointsEnvironment(ctx.tokenizer, ctx.renderer, Rule.ID, p.episodes_per_update,
+                                    seed=seed, mesh=ctx.mesh, deal=deal, **environment_settings(p))
 
 
 def _study_deal(update: int, *, seed: int, episodes: int, ranks) -> list:

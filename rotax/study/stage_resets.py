@@ -4,6 +4,10 @@ Target: the SFT end checkpoint. Reference: the peak-OOD SFT checkpoint (the stud
 the base (``study.reset_reference``). Every variant is evaluated on ``study.reset_hands`` ID and
 OOD hands per seed; auto-select searches layer ranges × rank fractions on a *probe* set whose
 hands come from seeds disjoint from the test sets, then reports the winner on the test sets.
+
+``study.reset_grid`` picks the grid: ``rotax`` (:func:`reset_variants`) or ``reference``
+(:func:`reference_reset_variants`: the arms of the study's scripts ``analysis/svd_recover_dir.py``,
+``svd_recover.py``, ``svd_recover_by_layer*.py`` and their launchers).
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from rotax.analysis import resets
 from rotax.analysis.selectors import Selector
 
 PROBE_SEED_OFFSET = 5000  # probe hands: seeds 5000+, test hands: seeds 1000+
+RESET_GRIDS = ("rotax", "reference")
+#: the study's K_TOP of its layer resets and reverse test: with min(k, n) a full revert of every
+#: matrix of Llama-3.2-11B (n <= 4096) and Qwen2.5-7B (n <= 3584)
+REFERENCE_FULL_RANK = 4096
 
 
 def reset_variants(num_hidden_layers: int, has_head: bool):
@@ -37,6 +45,29 @@ def reset_variants(num_hidden_layers: int, has_head: bool):
     out.append(("layer reset first 25% + embed/head", "layers", "also embeddings and LM head",
                 lambda t, r, kw: resets.reset_layers(t, r, "first 25%", include_embeddings=True,
                                                      include_head=has_head, **kw)))
+    return out
+
+
+def reference_reset_variants(study):
+    """The study's arms: UV merge and triplet swap of *every* 2-D tensor (embeddings and LM
+    head included) at the absolute ranks ``study.reference_ranks`` (``min(k, n)``), and the
+    2-D-only layer resets of ``study.reference_layer_ranges`` at rank
+    :data:`REFERENCE_FULL_RANK` (norms and biases kept; embeddings and head also when
+    ``study.reference_layer_embed_head``, as its Llama script's parameter names allow)."""
+    every = Selector(modules="all")
+    out = []
+    for k in study.reference_ranks:
+        out.append((f"UV merge top {k}, all 2-D", "uv", f"reference U,V top min({k}, n), target Σ; embed/head too",
+                    lambda t, r, kw, k=int(k): resets.uv_merge(t, r, every, k, clamp_ranks=True, **kw)))
+    for k in study.reference_ranks:
+        out.append((f"triplet swap top {k}, all 2-D", "swap", f"reference U,Σ,V top min({k}, n); embed/head too",
+                    lambda t, r, kw, k=int(k): resets.triplet_swap(t, r, every, k, clamp_ranks=True, **kw)))
+    modules = "all" if study.reference_layer_embed_head else None
+    for spec in study.reference_layer_ranges:
+        extra = " and embed/head" if modules else ""
+        out.append((f"layer reset {spec}, 2-D only", "layers", f"matrices of layers {spec}{extra} reverted; norms kept",
+                    lambda t, r, kw, s=Selector(layers=spec, modules=modules): resets.uv_merge(
+                        t, r, s, REFERENCE_FULL_RANK, clamp_ranks=True, **kw)))
     return out
 
 
@@ -66,12 +97,23 @@ def run_reset_grid(ctx, outputs: dict) -> dict:
             _row("SFT peak-OOD (no reset)", "peak", f"step {sft['peak_step']}", evaluate(peak), 0.0),
             _row("reset k=0 (identity check)", "uv", "UV merge with k=0",
                  evaluate(resets.uv_merge(target, reference, Selector(), 0, **kw)), 0.0)]
-    for name, kind, detail, fn in reset_variants(cfg.num_hidden_layers, not cfg.tie_word_embeddings):
+    if s.reset_grid not in RESET_GRIDS:
+        raise ValueError(f"study.reset_grid {s.reset_grid!r}: choose one of {RESET_GRIDS}")
+    reference_grid = s.reset_grid == "reference"
+    variants = reference_reset_variants(s) if reference_grid else \
+        reset_variants(cfg.num_hidden_layers, not cfg.tie_word_embeddings)
+    for name, kind, detail, fn in variants:
         began = time.perf_counter()
         edited = jax.block_until_ready(fn(target, reference, kw))
         seconds = time.perf_counter() - began
         rows.append(_row(name, kind, detail, evaluate(edited), seconds))
     for run in outputs.get("ppo", {}).get("runs", []):
+        if reference_grid:  # the study's reverse test: every 2-D tensor back to the SFT end
+            edited = resets.uv_merge(ctx.load_ppo_params(run), target, Selector(modules="all"),
+                                     REFERENCE_FULL_RANK, clamp_ranks=True, **kw)
+            rows.append(_row(f"reverse test ({run['label']})", "reverse",
+                             "every 2-D tensor of the PPO model reverted to the SFT end", evaluate(edited), None))
+            continue
         if run.get("start") == "end":  # the reverse test: SFT-end directions onto the PPO model
             ppo_params = ctx.load_ppo_params(run)
             edited = resets.uv_merge(ppo_params, target, Selector(), 0.2, **kw)

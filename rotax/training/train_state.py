@@ -6,6 +6,7 @@ Shared by SFT and PPO: a stage's config section carries the optimizer keys of
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -18,6 +19,7 @@ from rotax.runtime import sharding as sharding_lib
 from rotax.runtime.host import to_host
 
 SCHEDULES = ("constant", "cosine", "linear")
+WARMUP_SHAPES = ("linear", "log")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -47,7 +49,10 @@ def optimizer_config() -> ml_collections.ConfigDict:
     linear to ``end_learning_rate``). decay_steps: the horizon of that decay (0 = num_steps; a
     run may stop before it — the toy base stops at step 800 of a 1,200-step cosine).
     warmup_fraction: warm-up length as a share of
-    ``num_steps`` (used when ``warmup_steps`` is -1). b1, b2, eps, weight_decay: AdamW
+    ``num_steps`` (used when ``warmup_steps`` is -1). warmup_shape: ``linear`` (0 → peak) or
+    ``log`` (DeepSpeed's ``WarmupLR`` with ``warmup_type="log"``, which the study's SFT log
+    shows: ``peak · ln(step + 1) / ln(warm-up steps)`` at 0-based step ``step``, 0 at the first
+    step; :func:`log_warmup_schedule`). b1, b2, eps, weight_decay: AdamW
     (decoupled decay on every parameter, as torch.optim.AdamW). max_grad_norm: global-norm
     clipping (<= 0 disables).
     """
@@ -56,6 +61,7 @@ def optimizer_config() -> ml_collections.ConfigDict:
         "schedule": "constant",
         "warmup_fraction": 0.03,
         "warmup_steps": -1,
+        "warmup_shape": "linear",
         "end_learning_rate": 0.0,
         "decay_steps": 0,
         "b1": 0.9,
@@ -73,6 +79,20 @@ def warmup_steps(section, num_steps: int) -> int:
     return int(round(section.warmup_fraction * num_steps))
 
 
+def log_warmup_schedule(peak: float, steps: int) -> optax.Schedule:
+    """``peak · min(1, ln(count + 1) / ln(steps))``: DeepSpeed ``WarmupLR``'s log warm-up from 0
+    (``warmup_min_lr`` 0) over ``steps`` optimizer steps (``steps >= 2``)."""
+    if steps < 2:
+        raise ValueError(f"a log-shaped warm-up needs at least 2 steps, got {steps}")
+    inverse = 1.0 / math.log(steps)
+
+    def schedule(count):
+        ratio = jnp.log1p(jnp.asarray(count, jnp.float32)) * inverse
+        return peak * jnp.minimum(ratio, 1.0)
+
+    return schedule
+
+
 def make_schedule(section, num_steps: int) -> optax.Schedule:
     """Learning rate as a function of the step (``int32 [] -> float32 []``)."""
     peak, end = float(section.learning_rate), float(section.end_learning_rate)
@@ -80,15 +100,21 @@ def make_schedule(section, num_steps: int) -> optax.Schedule:
     num_steps = int(getattr(section, "decay_steps", 0) or num_steps)  # the decay's horizon
     if section.schedule not in SCHEDULES:
         raise ValueError(f"schedule {section.schedule!r}: choose one of {SCHEDULES}")
-    if section.schedule == "cosine":
+    shape = getattr(section, "warmup_shape", "linear")
+    if shape not in WARMUP_SHAPES:
+        raise ValueError(f"warmup_shape {shape!r}: choose one of {WARMUP_SHAPES}")
+    if section.schedule == "cosine" and shape == "linear":
         return optax.warmup_cosine_decay_schedule(0.0, peak, max(warm, 0), max(num_steps, warm + 1), end)
-    if section.schedule == "linear":
+    if section.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(peak, max(num_steps - warm, 1), end / peak if peak else 0.0)
+    elif section.schedule == "linear":
         decay = optax.linear_schedule(peak, end, max(num_steps - warm, 1))
     else:
         decay = optax.constant_schedule(peak)
     if warm <= 0:
         return decay
-    return optax.join_schedules([optax.linear_schedule(0.0, peak, warm), decay], [warm])
+    warmup = log_warmup_schedule(peak, warm) if shape == "log" else optax.linear_schedule(0.0, peak, warm)
+    return optax.join_schedules([warmup, decay], [warm])
 
 
 def make_optimizer(section, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:

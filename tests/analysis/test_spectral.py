@@ -285,3 +285,30 @@ def test_stacked_svds_do_not_deadlock_on_cpu():
             "print(len(rows))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr[-2000:]
+
+
+
+def test_top768_columns_follow_the_reference_script(monkeypatch):
+    """``*_top768`` as the study's analysis/raw_metrics_angle.py computes them: relative σ change
+    over the first min(768, m, n) values, energy split in the top block of C = U_rᵀ ΔW V_r of
+    that size. The rank is patched to 6 on a 14×12 pair so the block is a strict sub-block."""
+    assert subspace.REFERENCE_TOP_RANK == 768  # TOP_RANK_UV of the reference script
+    monkeypatch.setattr(subspace, "REFERENCE_TOP_RANK", 6)
+    rng = np.random.default_rng(11)
+    w_r = rng.standard_normal((14, 12)).astype(np.float32)
+    w_t = w_r + 0.05 * rng.standard_normal(w_r.shape).astype(np.float32)
+    u_r, s_r, vh_r = np.linalg.svd(w_r.astype(np.float64), full_matrices=False)
+    s_t = np.linalg.svd(w_t.astype(np.float64), compute_uv=False)
+    d = (w_t - w_r).astype(np.float64)
+    c = u_r[:, :6].T @ d @ vh_r[:6].T
+    want_drift = np.mean(np.abs((s_t[:6] - s_r[:6]) / s_r[:6]))
+    want_diag = np.sum(np.diag(c) ** 2) / np.sum(d ** 2)
+    want_rot = (np.sum(c ** 2) - np.sum(np.diag(c) ** 2)) / np.sum(d ** 2)
+    ref, tgt = jnp.asarray(w_r), jnp.asarray(w_t)
+    with jax.default_matmul_precision("highest"):
+        out, _ = subspace.compare(ref, subspace.factorize(ref), tgt, subspace.factorize(tgt), k=3,
+                                  bands=subspace.band_edges(12, (0.1, 0.9)))
+    assert float(out["sigma_drift_top768"]) == pytest.approx(want_drift, rel=1e-4)
+    assert float(out["magnitude_share_top768"]) == pytest.approx(want_diag, rel=1e-4)
+    assert float(out["rotation_share_top768"]) == pytest.approx(want_rot, rel=1e-4)
+    assert abs(float(out["sigma_drift_top768"]) - float(out["sigma_drift"])) > 1e-3 * want_drift

@@ -1,5 +1,6 @@
 """The real-model configs load, accept CLI overrides, pass the loops' checks, and hold the
-study's numbers (written here independently of the config files, from SPEC §1-4)."""
+study's numbers (written here independently of the config files, from SPEC §1-4 and, for the
+reference recipe, from the reference's files named in docs/reproducing-the-study.md)."""
 
 import math
 
@@ -16,9 +17,16 @@ SFT = dict(b1=0.9, b2=0.98, eps=1e-7, weight_decay=0.0, batch_size=64, schedule=
            warmup_fraction=0.03)
 PPO = dict(gamma=0.9, gae_lambda=0.95, clip_epsilon=0.1, value_coef=0.5, value_clip_epsilon=0.1,
            temperature=0.2, pre_formula_weight=0.5, epochs=4, learning_rate=1e-6,
-           end_learning_rate=1e-9, schedule="cosine", max_grad_norm=0.01, kl_coef=0.0,
+           end_learning_rate=1e-9, schedule="cosine", kl_coef=0.0,
            entropy_coef=0.0, rule="id", attempts=5,
            max_new_tokens=512)  # the reference's RL rollout budget (evaluation: 256)
+# the reference recipe of the two study configs: (rollout top_k, top_p, repetition penalty,
+# evaluation temperature) from each checkpoint's generation_config.json; layer-reset ranges and
+# whether they include embed/head (analysis/run_parallel-layer*.sh, svd_recover_by_layer*.py)
+REFERENCE = {
+    "llama3_2_11b_vision": ((50, 0.9, 1.0, 0.6), ("0-9", "10-19", "20-29", "30-39"), True),
+    "qwen2_5_7b": ((20, 0.8, 1.05, 0.7), ("0-9", "10-19", "20-27"), False),
+}
 PER_MODEL = {  # (sft lr, sft steps, ppo updates, turns per update in the reference)
     "llama3_2_11b_vision": (1e-6, 1600, 100, 128 * 4),
     "qwen2_5_7b": (1e-6, 800, 300, 32 * 4),
@@ -57,6 +65,22 @@ def test_config_loads_with_the_study_recipe(name):
     assert config.study.deck == "standard" and config.data.renderer == "json_chat"
     assert config.study.reset_reference == "peak"
     assert 0 < config.study.analysis_k <= 0.5  # a fraction of min(m, n), no forced zero angles
+    if name in REFERENCE:
+        (top_k, top_p, penalty, eval_temperature), ranges, embed_head = REFERENCE[name]
+        assert config.study.recipe == "reference"
+        assert (config.ppo.top_k, config.ppo.top_p, config.ppo.repetition_penalty) == (top_k, top_p, penalty)
+        assert (config.study.eval_decoding, config.study.eval_temperature) == ("sampled", eval_temperature)
+        assert (config.study.eval_top_k, config.study.eval_top_p) == (top_k, top_p)
+        assert config.ppo.episode_end == "continue" and config.ppo.token_weighting == "reference_ids"
+        assert tuple(config.ppo.formula_marker_ids) == (330, 60599, 794)
+        assert config.data.answer_parser == "reference" and config.study.reset_grid == "reference"
+        assert tuple(config.study.reference_ranks) == (2560, 3072, 3584)
+        assert tuple(config.study.reference_layer_ranges) == ranges
+        assert config.study.reference_layer_embed_head == embed_head
+        assert config.ppo.max_grad_norm == 0.0  # the reference's 0.01 clip is a no-op under DeepSpeed
+    else:
+        assert config.study.recipe == "rotax" and config.ppo.max_grad_norm == 0.01
+        assert (config.ppo.top_k, config.ppo.top_p, config.ppo.repetition_penalty) == (0, 1.0, 1.0)
 
 
 @pytest.mark.parametrize("name", sorted(PER_MODEL))
@@ -68,10 +92,10 @@ def test_model_specific_numbers(name):
     # one optimizer step per epoch over the reference's turns per update
     assert config.ppo.minibatch_size == turns
     schedule = make_schedule(config.sft, config.sft.num_steps)
-    warmup = round(0.03 * steps)
-    assert float(schedule(warmup)) == pytest.approx(lr)
+    # the reference's DeepSpeed log warm-up over 376 steps (3% of its 12,501): 8.33e-7 at step 140
+    assert float(schedule(375)) == pytest.approx(lr)
+    assert float(schedule(139)) == pytest.approx(lr * math.log(140) / math.log(376), rel=1e-5)
     assert float(schedule(steps)) == pytest.approx(lr)  # constant after warm-up
-    assert float(schedule(warmup // 2)) < lr
     ppo_schedule = make_schedule(config.ppo, config.ppo.num_updates)
     assert float(ppo_schedule(0)) == pytest.approx(1e-6)
     assert float(ppo_schedule(updates)) == pytest.approx(1e-9, rel=1e-3)

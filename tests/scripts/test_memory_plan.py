@@ -75,9 +75,9 @@ def test_plan_rows_and_cli(capsys):
     p = result["per_device_params"]
     assert rows["Adam m + v (8 B/param)"] == (8 * p, 8 * p)
     kv = next(v for k, v in rows.items() if k.startswith("KV cache"))[1]
-    # 128 episodes / 16 devices x (300 + 5 x 512 + 4 x 40 = 3020 tokens) x 32 layers x 2 (k, v)
-    # x 8 kv heads x 128 x 2 bytes
-    assert kv == 8 * 3020 * 32 * 2 * 8 * 128 * 2
+    # 128 episodes / 16 devices x (300 + 6 x 512 + 5 x 40 = 3572 tokens: the reference recipe's
+    # 5 graded answers + the step-limit answer) x 32 layers x 2 (k, v) x 8 kv heads x 128 x 2 bytes
+    assert kv == 8 * 3572 * 32 * 2 * 8 * 128 * 2
     assert memory_plan.main(["--model", "qwen2_5_7b", "--mesh", "1,8,1", "--hbm-gb", "80"]) == 0
     out = capsys.readouterr().out
     assert "7,615,616,512" in out and "share of 80 GB HBM" in out

@@ -16,8 +16,10 @@ def default_config() -> ml_collections.ConfigDict:
 
     Rollouts: num_updates; episodes_per_update (hands per rollout, each a revision episode of
     up to ``attempts`` turns); rule (``id``/``ood``/``J,Q,K`` of the training hands);
-    temperature, top_k, top_p, max_new_tokens (sampling; 512 as in the reference's RL runs);
-    rollout_batch_size (rows per sampler call). Returns: gamma, gae_lambda, reward_scale (the
+    temperature, top_k, top_p, repetition_penalty (1 = off), max_new_tokens (sampling; 512 as
+    in the reference's RL runs); rollout_batch_size (rows per sampler call). episode_end:
+    ``terminal`` (returns stop at the attempt limit) or ``continue`` (the study's reference:
+    one more answer after the limit, reward −1, returns run on into the next episode). Returns: gamma, gae_lambda, reward_scale (the
     verifier's rewards are multiplied by it before GAE — 1 in the study; the toy uses 0.2 so a
     small shared trunk is not dominated by the value loss; logged rewards stay unscaled).
 
@@ -28,7 +30,11 @@ def default_config() -> ml_collections.ConfigDict:
     default 0 = off, no reference copy kept) with kl_estimator (``k1``/``k3``);
     pre_formula_weight (weight of response tokens before the formula key in the action
     log-prob; the reference uses 0.5) and formula_marker (``""``: the renderer's —
-    ``"formula"`` for JSON, ``:`` for the compact form). Optimizer keys of
+    ``"formula"`` for JSON, ``:`` for the compact form); token_weighting ``text_marker``
+    (first occurrence of the marker in the decoded text) or ``reference_ids`` (the
+    reference's rule on token ids: last occurrence of formula_marker_ids, first two tokens
+    dropped, fallback without the marker; empty ids = the tokenizer's ``' "formula":'``; see
+    :mod:`rotax.tasks.points.environment`). Optimizer keys of
     :func:`rotax.training.train_state.optimizer_config` with the reference's values (Adam lr 1e-6,
     cosine to 1e-9 over num_updates, eps 1e-7, grad-norm clip 0.01).
 
@@ -51,6 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
         "temperature": 0.2,
         "top_k": 0,
         "top_p": 1.0,
+        "repetition_penalty": 1.0,
         "max_new_tokens": 512,
         "rollout_batch_size": 64,
         "gamma": 0.9,
@@ -67,6 +74,9 @@ def default_config() -> ml_collections.ConfigDict:
         "kl_estimator": "k3",
         "pre_formula_weight": 1.0,
         "formula_marker": "",
+        "token_weighting": "text_marker",
+        "formula_marker_ids": (),
+        "episode_end": "terminal",
         "checkpoint_every": 10,
         "checkpoint_initial": True,
         "keep_checkpoints": 0,
@@ -126,10 +136,11 @@ class OptimizerSettings(NamedTuple):
     weight_decay: float
     max_grad_norm: float
     num_updates: int
+    warmup_shape: str = "linear"
 
     @classmethod
     def from_config(cls, ppo) -> "OptimizerSettings":
         return cls(float(ppo.learning_rate), str(ppo.schedule), float(ppo.warmup_fraction),
                    int(ppo.warmup_steps), float(ppo.end_learning_rate), float(ppo.b1),
                    float(ppo.b2), float(ppo.eps), float(ppo.weight_decay),
-                   float(ppo.max_grad_norm), int(ppo.num_updates))
+                   float(ppo.max_grad_norm), int(ppo.num_updates), str(ppo.warmup_shape))

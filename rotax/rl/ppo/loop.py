@@ -137,7 +137,8 @@ def train(config, model_cfg, init_policy, env: Environment, *, mesh=None, resume
     score_fn = ppo_lib.make_score_fn(model_cfg, settings, opt, mesh, reference is not None)
     update_fn = ppo_lib.make_update_fn(model_cfg, settings, opt, mesh)
     placement = ppo_lib.buffer_shardings(mesh)
-    rows = buffer_rows(cfg_ppo.episodes_per_update, cfg_ppo.attempts, settings.microbatch_size)
+    turns_per_episode = getattr(env, "max_turns", None) or cfg_ppo.attempts
+    rows = buffer_rows(cfg_ppo.episodes_per_update, turns_per_episode, settings.microbatch_size)
     root = jax.random.fold_in(jax.random.PRNGKey(config.seed), ROLLOUT_STREAM)
     logger = RunLogger(config.run_dir, stage, start_step=start, total_steps=cfg_ppo.num_updates,
                        progress=cfg_ppo.progress)

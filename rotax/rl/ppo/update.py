@@ -1,6 +1,7 @@
 """The PPO update: one ``jax.jit`` per update (SPEC §3).
 
-GAE (γ, λ; truncation = terminal) over the episode-major rows, advantages normalized over the
+GAE (γ, λ; returns stop where the buffer's ``dones`` say, padding rows count as value 0) over
+the episode-major rows, advantages normalized over the
 buffer, then ``epochs`` passes: valid rows shuffled (a key split from the train state's RNG),
 split evenly into ``ceil(valid / minibatch_size)`` minibatches, each one optimizer step
 (gradients accumulated over microbatches of ``microbatch_size`` rows; empty minibatch/microbatch
@@ -94,11 +95,8 @@ def make_update_fn(cfg: ModelConfig, settings: UpdateSettings, opt: OptimizerSet
     def update(state: TrainState, buffer: RolloutBuffer, scores: Scores, update_index):
         n = buffer.tokens.shape[0]
         valid = buffer.row_mask
-        raw, returns = advantages_lib.gae(buffer.rewards * s.reward_scale, scores.values, buffer.dones,
-                                          jnp.zeros((), jnp.float32), s.gamma, s.gae_lambda)
-        raw = raw * valid
-        returns = returns * valid
-        normalized = advantages_lib.normalize(raw, valid)
+        raw, returns, normalized = advantages_lib.buffer_advantages(
+            buffer.rewards * s.reward_scale, scores.values, buffer.dones, valid, s.gamma, s.gae_lambda)
         n_valid = jnp.sum(valid).astype(jnp.int32)
         active = jnp.maximum((n_valid + mb - 1) // mb, 1)
         max_minibatches = -(-n // mb)

@@ -47,10 +47,13 @@ def face_read_as_id(batch) -> Proportion:
 
 def evaluate_accuracy(cfg, params, tokenizer, renderer, hands, rule, *, attempts: int,
                       max_new_tokens: int, batch_size: int, seed: int = 0,
-                      temperature: float = 0.0, progress: bool = False) -> dict:
+                      temperature: float = 0.0, progress: bool = False,
+                      options: sampling.SamplingOptions | None = None) -> dict:
     """Revision episodes on ``hands``; returns within-``attempts`` accuracy with its 95% Wilson
-    interval, first-attempt accuracy, mean reward and the face-read-as-ID share."""
-    options = sampling.SamplingOptions(temperature=temperature, max_new_tokens=max_new_tokens)
+    interval, first-attempt accuracy, mean reward and the face-read-as-ID share. ``options``
+    (sampled decoding) replaces ``temperature`` and ``max_new_tokens``; the sampling key is
+    ``seed``."""
+    options = options or sampling.SamplingOptions(temperature=temperature, max_new_tokens=max_new_tokens)
     batch = run_episodes(cfg, params, tokenizer, renderer, hands, rule, jax.random.key(seed),
                          attempts=attempts, options=options, batch_size=batch_size, progress=progress)
     s = summarize(batch)

@@ -4,7 +4,11 @@ Every attempt round gathers the dialogue of each still-active episode, encodes i
 chat template (``encode_prompt``: the whole dialogue so far, re-rendered from text each turn,
 as the reference does) and sends all of them through the generator in batches; each answer
 is decoded, graded, and the episode advances (:class:`rotax.tasks.points.Episode`). An episode
-ends at +5 or after ``attempts`` graded attempts; no discarded extra answer is generated.
+ends at +5 or after ``attempts`` graded attempts. With ``step_limit_answer`` (the study's
+reference code, for PPO) an episode that used every attempt without solving gets one more,
+ungraded answer to the dialogue so far, recorded with reward :data:`STEP_LIMIT_REWARD` — the
+reference's environment returns that when its step limit is reached, as a truncation, not a
+termination (its ``general_points_oneline.py``), so PPO's GAE runs on past it.
 
 The generator is injectable (tests use scripted answers): any callable
 ``generator(prompts, row_ids, key) -> list[Generation]`` taking token-id lists. The default,
@@ -30,6 +34,10 @@ from rotax.tasks.points import MAX_ATTEMPTS, Episode, Renderer, RuleLike
 
 Generator = Callable[[list, list, jax.Array], list]
 
+#: Reward of the answer given after the last graded attempt (the reference's step-limit reward).
+STEP_LIMIT_REWARD = -1.0
+STEP_LIMIT_KIND = "step_limit"
+
 
 @dataclasses.dataclass(frozen=True)
 class Turn:
@@ -39,7 +47,9 @@ class Turn:
     generation prompt; ``response_ids`` ``[R]`` int32 and ``response_logprobs`` ``[R]``
     float32: the sampled answer incl. its EOS (unless ``truncated``), log-probs as in
     :mod:`rotax.sampling.sampler`; ``reward``/``solved``/``kind``/``reasons``: the verifier's
-    :class:`~rotax.tasks.points.Grade`; ``done``: the episode ended with this turn.
+    :class:`~rotax.tasks.points.Grade`; ``done``: the episode ended with this turn;
+    ``terminal``: whether returns stop after this turn (None: when ``done``). Step-limit
+    answers (``kind == "step_limit"``) and the failed turns before them are not terminal.
     """
 
     hand_index: int
@@ -55,6 +65,7 @@ class Turn:
     kind: str
     reasons: str
     token_weight: np.ndarray | None = None  # per response token, set by the PPO environment
+    terminal: bool | None = None
 
 
 @dataclasses.dataclass
@@ -102,12 +113,15 @@ def run_episodes(cfg, params, tokenizer, renderer: Renderer, hands: Sequence, ru
                  key: jax.Array, *, attempts: int = MAX_ATTEMPTS,
                  options: sampling.SamplingOptions = sampling.SamplingOptions(),
                  batch_size: int = 32, mesh=None, generator: Generator | None = None,
-                 progress: bool = True, description: str = "episodes") -> EpisodeBatch:
+                 progress: bool = True, description: str = "episodes",
+                 step_limit_answer: bool = False) -> EpisodeBatch:
     """Plays one revision episode per hand, all active episodes batched into each call.
 
-    ``options`` set temperature / top-k / top-p / ``max_new_tokens`` (0 temperature: greedy);
-    ``batch_size`` rows per sampler call; ``generator`` replaces the model (then ``cfg`` and
-    ``params`` may be None). Returns an :class:`EpisodeBatch`.
+    ``options`` set temperature / top-k / top-p / repetition penalty / ``max_new_tokens`` (0
+    temperature: greedy); ``batch_size`` rows per sampler call; ``generator`` replaces the model
+    (then ``cfg`` and ``params`` may be None); ``step_limit_answer``: see the module docstring
+    (turn attempt index ``attempts``; episode statistics are unchanged by it). Returns an
+    :class:`EpisodeBatch`.
     """
     from tqdm.auto import tqdm
 
@@ -116,11 +130,12 @@ def run_episodes(cfg, params, tokenizer, renderer: Renderer, hands: Sequence, ru
     stop = eos_ids(tokenizer, cfg)
     episodes = [Episode.start(hand, rule, renderer, attempts) for hand in hands]
     turns: list[Turn] = []
-    bar = tqdm(total=attempts, unit="attempt", desc=description, disable=not progress, leave=False)
-    for attempt in range(attempts):
-        active = [i for i, episode in enumerate(episodes) if not episode.done]
-        if not active:
-            break
+    bar = tqdm(total=attempts + step_limit_answer, unit="attempt", desc=description,
+               disable=not progress, leave=False)
+
+    def answer(active, attempt):
+        """``(row, prompt ids, Generation, text)`` for each episode in ``active``."""
+        out = []
         attempt_key = jax.random.fold_in(key, attempt)
         for start in range(0, len(active), batch_size):
             rows = active[start:start + batch_size]
@@ -128,19 +143,36 @@ def run_episodes(cfg, params, tokenizer, renderer: Renderer, hands: Sequence, ru
             generations = generator(prompts, rows, attempt_key)
             if len(generations) != len(rows):
                 raise ValueError(f"generator returned {len(generations)} answers for {len(rows)} prompts")
-            for i, prompt, generation in zip(rows, prompts, generations):
-                text = decode_response(tokenizer, generation.tokens, stop)
-                episodes[i] = episodes[i].record(text)
-                verdict = episodes[i].grades[-1]
-                turns.append(Turn(
-                    hand_index=i, attempt=attempt, prompt_ids=np.asarray(prompt, np.int32),
-                    response_ids=np.asarray(generation.tokens, np.int32),
-                    response_logprobs=np.asarray(generation.logprobs, np.float32),
-                    response_text=text, reward=verdict.reward, solved=verdict.solved,
-                    done=episodes[i].done, truncated=bool(generation.truncated),
-                    kind=verdict.kind, reasons=verdict.reasons))
+            out += [(i, p, g, decode_response(tokenizer, g.tokens, stop))
+                    for i, p, g in zip(rows, prompts, generations)]
             bar.set_postfix(batch=f"{start // batch_size + 1}/{math.ceil(len(active) / batch_size)}",
                             solved=sum(e.solved for e in episodes))
         bar.update(1)
+        return out
+
+    def turn(i, attempt, prompt, generation, text, **outcome) -> Turn:
+        return Turn(hand_index=i, attempt=attempt, prompt_ids=np.asarray(prompt, np.int32),
+                    response_ids=np.asarray(generation.tokens, np.int32),
+                    response_logprobs=np.asarray(generation.logprobs, np.float32),
+                    response_text=text, truncated=bool(generation.truncated), **outcome)
+
+    for attempt in range(attempts):
+        active = [i for i, episode in enumerate(episodes) if not episode.done]
+        if not active:
+            break
+        for i, prompt, generation, text in answer(active, attempt):
+            episodes[i] = episodes[i].record(text)
+            verdict = episodes[i].grades[-1]
+            ends = verdict.solved if step_limit_answer else episodes[i].done
+            turns.append(turn(i, attempt, prompt, generation, text, reward=verdict.reward,
+                              solved=verdict.solved, done=ends,
+                              terminal=verdict.solved if step_limit_answer else None,
+                              kind=verdict.kind, reasons=verdict.reasons))
+    limited = [i for i, episode in enumerate(episodes) if not episode.solved]
+    if step_limit_answer and limited:
+        for i, prompt, generation, text in answer(limited, attempts):
+            turns.append(turn(i, attempts, prompt, generation, text, reward=STEP_LIMIT_REWARD,
+                              solved=False, done=True, terminal=False, kind=STEP_LIMIT_KIND,
+                              reasons="step_limit_reached"))
     bar.close()
     return EpisodeBatch(list(hands), rule, episodes, turns)

@@ -12,6 +12,11 @@ Order of attempts (reference behaviour, made more tolerant):
 The formula is cut at its first ``=``. Only JSON decoding and regular expressions touch the
 text; nothing is executed. Responses longer than :data:`MAX_RESPONSE_CHARS` are not read at
 all (every field absent).
+
+:func:`parse_reference_answer` is the study's own, stricter reading (``re_match`` of its
+``utils_general.py``): the whole response as one JSON object with a string ``formula``, else
+the first match of exactly ``"formula": "(.*?)"`` (one space after the colon, double quotes,
+not across lines), else no formula.
 """
 
 from __future__ import annotations
@@ -137,6 +142,33 @@ def parse_answer(response: str) -> ParsedAnswer:
     return ParsedAnswer(
         formula=None if formula is None else cut_at_equals(formula),
         cards=lists["cards"], number=lists["number"])
+
+
+_REFERENCE_FORMULA = re.compile(r'"formula": "(.*?)"')
+PARSERS = ("lenient", "reference")
+
+
+def parse_reference_answer(response: str) -> ParsedAnswer:
+    """The formula as the reference reads it (see the module doc), cut at its first ``=``.
+
+    Where the reference would crash (a JSON ``formula`` that is not a string reaches its
+    verifier's regular expressions) the formula counts as absent. ``cards``/``number`` are not
+    read (the text-only study does not grade them)."""
+    if not isinstance(response, str) or len(response) > MAX_RESPONSE_CHARS:
+        return ParsedAnswer(formula=None)
+    formula = _MISSING
+    try:
+        document = json.loads(response)
+        if isinstance(document, dict) and "formula" in document:
+            formula = document["formula"]
+    except Exception:  # json.loads failing (any error) sends the reference to the pattern
+        pass
+    if formula is _MISSING:
+        match = _REFERENCE_FORMULA.search(response)
+        formula = None if match is None else match.group(1)
+    if not isinstance(formula, str):
+        return ParsedAnswer(formula=None)
+    return ParsedAnswer(formula=cut_at_equals(formula))
 
 
 def extract_formula(response: str) -> str | None:

@@ -23,7 +23,8 @@ from typing import Protocol, Sequence, Union
 
 from rotax.tasks.points.cards import FACE_CARDS, STANDARD_RANKS, Rule, RuleLike, as_face_rule
 from rotax.tasks.points.formula import tokenize
-from rotax.tasks.points.parsing import MAX_RESPONSE_CHARS, ParsedAnswer, cut_at_equals
+from rotax.tasks.points.parsing import (MAX_RESPONSE_CHARS, PARSERS, ParsedAnswer, cut_at_equals,
+                                        parse_reference_answer)
 from rotax.tasks.points.parsing import parse_answer as parse_json_answer
 from rotax.tasks.points.solver import TARGET
 
@@ -116,10 +117,15 @@ class JsonChatRenderer:
     ``template`` uses the placeholders ``{cards}`` (``['A', '7', '10', 'K']``),
     ``{face_card_msg}`` or ``{rule}`` (the :func:`face_card_clause`) and optionally
     ``{target_number}`` or ``{target}`` (24); ``{{`` and ``}}`` are literal braces — so the
-    reference's language prompt can be used as is.
+    reference's language prompt can be used as is. ``parser``: ``lenient`` (rotax's
+    :func:`~rotax.tasks.points.parsing.parse_answer`) or ``reference`` (the study's strict
+    :func:`~rotax.tasks.points.parsing.parse_reference_answer`), for grading answers.
     """
 
-    def __init__(self, template: str = DEFAULT_TEMPLATE):
+    def __init__(self, template: str = DEFAULT_TEMPLATE, parser: str = "lenient"):
+        if parser not in PARSERS:
+            raise ValueError(f"answer parser {parser!r}: choose one of {PARSERS}")
+        self.parser = parser
         names = {m.group(1) for m in _PLACEHOLDER.finditer(template) if m.group(1)}
         if "cards" not in names or not names & set(_RULE_NAMES):
             raise ValueError("a prompt template needs {cards} and {face_card_msg} (or {rule})")
@@ -127,10 +133,10 @@ class JsonChatRenderer:
         self.template = template
 
     @classmethod
-    def from_template_file(cls, path: Union[str, os.PathLike]) -> "JsonChatRenderer":
+    def from_template_file(cls, path: Union[str, os.PathLike], parser: str = "lenient") -> "JsonChatRenderer":
         """Return a renderer whose prompt is the UTF-8 template file at ``path``."""
         with open(path, encoding="utf-8") as handle:
-            return cls(handle.read())
+            return cls(handle.read(), parser)
 
     @staticmethod
     def _fields(hand: Sequence[str], rule: RuleLike) -> dict:
@@ -162,11 +168,13 @@ class JsonChatRenderer:
 
     def parse_answer(self, response: str) -> ParsedAnswer:
         """Return the JSON-like answer's fields (see :mod:`rotax.tasks.points.parsing`)."""
+        if self.parser == "reference":
+            return parse_reference_answer(response)
         return parse_json_answer(response)
 
     def extract_formula(self, response: str) -> str | None:
         """Return the answer's formula cut at ``=``, or ``None`` when absent."""
-        return parse_json_answer(response).formula
+        return self.parse_answer(response).formula
 
 
 class CompactRenderer:

@@ -69,10 +69,14 @@ class GeneralPointsSource:
 
 
 def make_renderer(data):
-    """The task renderer named by ``data.renderer`` (``json_chat`` or ``compact``)."""
+    """The task renderer named by ``data.renderer`` (``json_chat`` or ``compact``), grading with
+    ``data.answer_parser`` (json_chat only)."""
+    parser = getattr(data, "answer_parser", "lenient")
     if data.renderer == "json_chat":
-        return JsonChatRenderer.from_template_file(data.template_file) if data.template_file \
-            else JsonChatRenderer()
+        return JsonChatRenderer.from_template_file(data.template_file, parser) if data.template_file \
+            else JsonChatRenderer(parser=parser)
+    if parser != "lenient":
+        raise ValueError(f"data.answer_parser {parser!r} applies to data.renderer=json_chat only")
     if data.renderer == "compact":
         return CompactRenderer()
     raise ValueError(f"data.renderer {data.renderer!r}: choose json_chat or compact")
