@@ -1,13 +1,15 @@
 """Benchmark: forward-pass tokens/s, rotax (jit) vs transformers + torch, same config, batch,
 weights and thread count, interleaved repeats, medians. Last line: one JSON object.
 ``BENCH_THREADS`` (default 1) is the number of cores: the whole process is pinned to that many
-(``scripts/_bench_threads.py``) and torch uses that many threads."""
+(``scripts/_bench_threads.py``) and torch uses that many threads. ``--model DIR`` runs an HF
+directory's weights (e.g. SmolLM2-135M) instead of the random synthetic config. Wall-time and
+CPU-time ratios and MFU against a matmul peak measured in the same run
+(``scripts/_bench_timing.py``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from _bench_models import save_random_llama
 from _bench_threads import pin_threads  # before numpy/jax/torch: their pools inherit the pinning
+from _bench_timing import Clock, forward_flops, matmul_peak, mfu, model_config
 
 THREADS = pin_threads()  # BENCH_THREADS, default 1
 
@@ -33,6 +36,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--model", default=None, help="an HF model directory instead of random weights")
     args = parser.parse_args()
     config = QUICK if args.quick else CONFIG
     repeats = 3 if args.quick else args.repeats
@@ -44,42 +48,55 @@ def main():
     from tests.support.hf_fixtures import load_torch
 
     torch.set_num_threads(THREADS)
-    with tempfile.TemporaryDirectory() as tmp:
-        n_params = save_random_llama(Path(tmp), config, max_position_embeddings=1024)
-        cfg, params = rotax.load_hf(tmp)
-        model = load_torch(tmp)
+    if args.model:
+        config = model_config(args.model)
+        cfg, params = rotax.load_hf(args.model, dtype="float32")
+        model = load_torch(args.model)
+        n_params = sum(p.numel() for p in model.parameters())
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            n_params = save_random_llama(Path(tmp), config, max_position_embeddings=1024)
+            cfg, params = rotax.load_hf(tmp)
+            model = load_torch(tmp)
     tokens = np.random.default_rng(0).integers(0, config["vocab_size"], (args.batch, args.seq), dtype=np.int32)
     t_tokens = torch.as_tensor(tokens, dtype=torch.long)
 
     t0 = time.perf_counter()
     jax.block_until_ready(rotax.forward(cfg, params, tokens))
     compile_s = time.perf_counter() - t0
+    clock = Clock("rotax", "baseline")
 
     def run_rotax():
-        t = time.perf_counter()
-        jax.block_until_ready(rotax.forward(cfg, params, tokens))
-        return time.perf_counter() - t
+        with clock("rotax"):
+            jax.block_until_ready(rotax.forward(cfg, params, tokens))
 
     def run_torch():
-        t = time.perf_counter()
-        with torch.no_grad():
+        with clock("baseline"), torch.no_grad():
             model(input_ids=t_tokens, use_cache=False)
-        return time.perf_counter() - t
 
     run_torch()  # warm-up
-    times = {"rotax": [], "baseline": []}
+    clock.clear()
     for _ in range(repeats):
-        times["rotax"].append(run_rotax())
-        times["baseline"].append(run_torch())
+        run_rotax()
+        run_torch()
+    peak = matmul_peak()
     n = tokens.size
-    rate = {k: n / statistics.median(v) for k, v in times.items()}
+    flops = forward_flops(config, n, args.seq, n)  # both compute logits at every position
+    rate = {k: n / clock.median(k) for k in clock.wall}
+    cpu_rate = {k: n / clock.median(k, "cpu") for k in clock.wall}
+    mfus = {k: mfu(flops, clock, k, peak) for k in clock.wall}
     print(f"{n_params / 1e6:.1f}M params, batch {args.batch} x {args.seq}, {THREADS} thread(s)")
-    print(f"rotax {rate['rotax']:.0f} tok/s (compile {compile_s:.1f}s), transformers {rate['baseline']:.0f} tok/s")
-    print(json.dumps({"bench": "forward", "ratio": rate["rotax"] / rate["baseline"], "better": "higher",
+    print(f"rotax {rate['rotax']:.0f} tok/s (compile {compile_s:.1f}s), transformers {rate['baseline']:.0f} tok/s; "
+          f"per CPU second {cpu_rate['rotax']:.0f} vs {cpu_rate['baseline']:.0f}; MFU {mfus}; "
+          f"matmul peak {peak}")
+    print(json.dumps({"bench": "forward", "ratio": rate["rotax"] / rate["baseline"],
+                      "cpu_time_ratio": cpu_rate["rotax"] / cpu_rate["baseline"], "better": "higher",
                       "rotax": rate["rotax"], "baseline": rate["baseline"], "unit": "tokens/s",
+                      "mfu": {**mfus, "matmul_peak_gflops": {k: round(v, 1) for k, v in peak.items()},
+                              "model_gflop": round(flops / 1e9, 2)},
                       "config": {"params": n_params, "batch": args.batch, "seq": args.seq,
                                  "threads": THREADS, "repeats": repeats, "compile_s": compile_s,
-                                 "model": config}}))
+                                 "model": args.model or config}}))
 
 
 if __name__ == "__main__":

@@ -15,12 +15,18 @@ interleaved repeats, medians:
   chordal distance from explicit projectors ``‖U_bU_bᵀ − U_tU_tᵀ‖_F`` as its main loop does
   (k×k identity for embed/head, whose projectors would be 4 GB), best match and top-k energy
   split. Its extra SVD of ΔW is left out (rotax does not report σ(ΔW));
-* torch_lean (context only, not in ``ratio``) — the same loop with the k×k chordal identity
+* torch_lean — the same loop with the k×k chordal identity
   everywhere, i.e. the leanest torch port: what is left is SVD kernel speed and per-call cost.
 
+``ratio`` is rotax against the fastest of numpy, study and torch_lean (wall time);
+``cpu_time_ratio_vs_fastest`` the same by CPU seconds (robust to other load).
+``thin_svd_paths`` times the SVD drivers alone (gesdd through XLA, numpy, scipy, torch;
+gesvd; a Gram-matrix eigh) with their singular-value errors.
+
 Peak RSS: the process's high-water mark (VmHWM, reset through /proc/self/clear_refs) while one
-contender runs, and its growth over the RSS before (trees already resident) — in a fresh process
-per contender, or in-process with ``--quick``. Last line: one JSON object.
+contender runs, and its growth over the RSS before (trees already resident) — in-process with
+``--quick``, or in a fresh process per contender with ``--memory-fresh`` (full mode measures
+memory only then). Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import time
 from pathlib import Path
 
 from _bench_threads import pin_threads  # before numpy/jax/torch: their pools inherit the pinning
+from _bench_timing import Clock
 
 THREADS = pin_threads()  # BENCH_THREADS, default 1
 
@@ -43,7 +50,9 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CONFIG = dict(hidden=768, layers=12, intermediate=2048, vocab=32000, heads=12, kv_heads=4)
+#: Full mode: SmolLM-class matrix shapes, 3 stacked layers (the per-matrix cost is what differs
+#: between contenders; 12 layers took > 15 minutes here), so it finishes in a few minutes.
+CONFIG = dict(hidden=768, layers=3, intermediate=2048, vocab=32000, heads=12, kv_heads=4)
 QUICK = dict(hidden=192, layers=2, intermediate=512, vocab=3000, heads=3, kv_heads=1)
 K_FRACTION = 0.2
 
@@ -158,29 +167,54 @@ def run_study(ref, tgt, explicit_projectors=True):
     return out
 
 
-def svd_only(framework: str, ref) -> float:
-    """Seconds for thin SVDs of one layer's matrices plus the embedding (kernel speed check)."""
-    items = [(n, w) for n, w in matrices(ref) if ".0." in n or "embed" in n]
-    start = time.perf_counter()
-    if framework == "numpy":
-        for _, w in items:
-            np.linalg.svd(w, full_matrices=False)
-    elif framework == "torch":
-        import torch
+def thin_svd_paths(ref) -> dict:
+    """CPU seconds (median of 3) of each thin-SVD path on one layer's q/gate/down matrices plus
+    the embedding's first 8000 rows, and each path's worst relative singular-value error against float64 LAPACK:
+    XLA:CPU's ``jnp.linalg.svd`` (LAPACK gesdd through jaxlib), a Gram-matrix ``eigh`` in
+    float32 and float64 (V and σ² from ``WᵀW``, U = W V / σ — what a top-k subspace needs),
+    numpy (gesdd), scipy (gesdd and gesvd) and torch (gesdd)."""
+    import jax
+    import jax.numpy as jnp
+    import scipy.linalg
+    import torch
 
-        for _, w in items:
-            torch.linalg.svd(torch.from_numpy(w), full_matrices=False)
-    else:
-        import jax
-        import jax.numpy as jnp
+    items = [w for n, w in matrices(ref) if ".0." in n and n.split(".")[-2] in ("q_proj", "gate_proj", "down_proj")]
+    items.append(ref["model"]["embed_tokens"]["weight"][:8000])  # 8000 rows: same shape class, 4x cheaper
 
-        fn = jax.jit(lambda w: jnp.linalg.svd(w, full_matrices=False))
-        for _, w in items:
-            jax.block_until_ready(fn(w))  # compile excluded below
-        start = time.perf_counter()
-        for _, w in items:
-            jax.block_until_ready(fn(w))
-    return time.perf_counter() - start
+    def gram(w, dtype):
+        x = w.astype(dtype)
+        tall = x.shape[0] >= x.shape[1]
+        g = x.T @ x if tall else x @ x.T
+        e, vecs = jnp.linalg.eigh(g)
+        s = jnp.sqrt(jnp.maximum(e[::-1], 0.0))
+        vecs = vecs[:, ::-1]
+        other = (x @ vecs if tall else x.T @ vecs) / s
+        return s.astype(w.dtype), vecs.astype(w.dtype), other.astype(w.dtype)
+
+    jax_svd = jax.jit(lambda w: jnp.linalg.svd(w, full_matrices=False))
+    with jax.enable_x64(True):
+        paths = {
+            "jax_gesdd": lambda w: jax.block_until_ready(jax_svd(w))[1],
+            "jax_gram_eigh_f32": jax.jit(lambda w: gram(w, jnp.float32)[0]),
+            "jax_gram_eigh_f64": jax.jit(lambda w: gram(w, jnp.float64)[0]),
+            "numpy_gesdd": lambda w: np.linalg.svd(w, full_matrices=False)[1],
+            "scipy_gesdd": lambda w: scipy.linalg.svd(w, full_matrices=False, lapack_driver="gesdd")[1],
+            "scipy_gesvd": lambda w: scipy.linalg.svd(w, full_matrices=False, lapack_driver="gesvd")[1],
+            "torch_gesdd": lambda w: torch.linalg.svd(torch.from_numpy(w), full_matrices=False)[1].numpy(),
+        }
+        exact = [np.linalg.svd(w.astype(np.float64), compute_uv=False) for w in items]
+        out = {}
+        for name, fn in paths.items():
+            errors = [float(np.max(np.abs(np.asarray(fn(w), np.float64) - s) / s)) for w, s in zip(items, exact)]
+            runs = []
+            for _ in range(3):
+                began = time.process_time()
+                for w in items:
+                    np.asarray(fn(w))
+                runs.append(time.process_time() - began)
+            out[name] = {"cpu_s": round(statistics.median(runs), 3), "max_rel_sigma_error": float(f"{max(errors):.2e}")}
+    out["shapes"] = [list(w.shape) for w in items]
+    return out
 
 
 def run_torch_lean(ref, tgt):
@@ -226,9 +260,12 @@ def _status_mb(field: str) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=None, help="default 3 (--quick) or 2")
     parser.add_argument("--worker", choices=sorted(RUNNERS))
-    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--no-memory", action="store_true", help="--quick: skip the in-process memory figures")
+    parser.add_argument("--memory-fresh", action="store_true",
+                        help="full mode: peak RSS in a fresh process per contender (4 more runs; "
+                             "otherwise full mode reports no memory)")
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.quick)
@@ -236,21 +273,24 @@ def main():
 
     torch.set_num_threads(THREADS)
     config = QUICK if args.quick else CONFIG
+    args.repeats = args.repeats or (3 if args.quick else 2)
     ref, tgt = build_trees(config)
     n_params = sum(w.size for _, w in matrices(ref))
     start = time.perf_counter()
     outputs = {"rotax": run_rotax(ref, tgt)}
     first_rotax = time.perf_counter() - start  # includes jit compilation
-    outputs.update({name: RUNNERS[name](ref, tgt) for name in RUNNERS if name != "rotax"})  # warm-up
-    times = {name: [] for name in RUNNERS}
+    if args.quick:  # warm-up (full mode: the timed runs' outputs are compared instead)
+        outputs.update({name: RUNNERS[name](ref, tgt) for name in RUNNERS if name != "rotax"})
+    clock = Clock(*RUNNERS)
     order = list(RUNNERS)
     for rep in range(args.repeats):
         for name in order[rep % len(order):] + order[:rep % len(order)]:  # rotate who goes first
-            start = time.perf_counter()
-            RUNNERS[name](ref, tgt)
-            times[name].append(time.perf_counter() - start)
-            print(f"repeat {rep} {name:6s} {times[name][-1]:.2f} s", file=sys.stderr)
-    median = {name: statistics.median(v) for name, v in times.items()}
+            with clock(name):
+                outputs[name] = RUNNERS[name](ref, tgt)
+            print(f"repeat {rep} {name:6s} {clock.wall[name][-1]:.2f} s wall, {clock.cpu[name][-1]:.2f} s CPU",
+                  file=sys.stderr)
+    median = {name: clock.median(name) for name in RUNNERS}
+    cpu = {name: clock.median(name, "cpu") for name in RUNNERS}
     agreement = {}
     for name in ("numpy", "study", "torch_lean"):
         diffs = [max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(outputs["rotax"][t], outputs[name][t]))
@@ -259,14 +299,15 @@ def main():
     memory = {}
     if args.quick and not args.no_memory:
         memory = {name: peak_memory(RUNNERS[name], ref, tgt) for name in RUNNERS}
-    elif not args.no_memory:
+    elif args.memory_fresh:
         for name in RUNNERS:
             cmd = [sys.executable, __file__, "--worker", name] + (["--quick"] if args.quick else [])
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
             memory[name] = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 \
                 else {"error": proc.stderr[-300:]}
-    kernels = {fw: round(svd_only(fw, ref), 3) for fw in ("jax", "numpy", "torch")}
-    baseline_name = min(("numpy", "study"), key=median.get)
+    kernels = thin_svd_paths(ref)
+    baseline_name = min(("numpy", "study", "torch_lean"), key=median.get)  # the fastest
+    fastest_cpu = min(("numpy", "study", "torch_lean"), key=cpu.get)
     record = {
         "bench": "spectral", "ratio": round(median["rotax"] / median[baseline_name], 4),
         "better": "lower", "rotax": round(median["rotax"], 3), "baseline": round(median[baseline_name], 3),
@@ -274,7 +315,8 @@ def main():
         "config": {
             **config, "params": int(n_params), "matrices": len(outputs["rotax"]), "k_fraction": K_FRACTION,
             "threads": THREADS, "repeats": args.repeats, "quick": args.quick,
-            "baseline_name": baseline_name,
+            "baseline_name": baseline_name, "cpu_time_ratio_vs_fastest": round(cpu["rotax"] / cpu[fastest_cpu], 4),
+            "fastest_by_cpu_time": fastest_cpu, "cpu_s": {k: round(v, 3) for k, v in cpu.items()},
             "ratio_vs_numpy": round(median["rotax"] / median["numpy"], 4),
             "ratio_vs_study_torch": round(median["rotax"] / median["study"], 4),
             "numpy_s": round(median["numpy"], 3), "study_torch_s": round(median["study"], 3),
@@ -282,8 +324,8 @@ def main():
             "ratio_vs_torch_lean": round(median["rotax"] / median["torch_lean"], 4),
             "rotax_first_call_s": round(first_rotax, 3),
             "max_rel_disagreement": agreement, "memory_mb": memory,
-            "memory_measured": "in-process" if args.quick else "fresh process per contender",
-            "thin_svd_kernel_s_layer0_plus_embed": kernels,
+            "memory_measured": "in-process" if args.quick else ("fresh process per contender" if args.memory_fresh else "not measured"),
+            "thin_svd_paths": kernels,
         },
     }
     print(json.dumps(record))

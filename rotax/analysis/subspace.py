@@ -203,11 +203,19 @@ def compare(w_ref: jax.Array, ref: Factors, w_tgt: jax.Array, tgt: Factors, *, k
         for name, lo, hi in (("head", 0, head), ("middle", head, tail), ("tail", tail, r)):
             out[f"band_sin2_{side}_{name}"] = _band_mean_sin2(basis_ref, basis_tgt, lo, hi)
 
-    # Energy split of ΔW in the reference basis: C = U_rᵀ ΔW V_r  [r, r].
-    coeff = jnp.matmul(jnp.matmul(ref.u.T, delta, precision=HIGHEST), v_ref, precision=HIGHEST)
-    diag2 = jnp.sum(jnp.diagonal(coeff) ** 2)
-    total2 = jnp.sum(coeff**2)
-    top = coeff[:k, :k]
+    # Energy split of ΔW in the reference basis, C = U_rᵀ ΔW V_r [r, r], from one [r, m, n]
+    # product instead of two: one of U_r, V_r is square (r = min(m, n)) and orthogonal, so
+    # ‖C‖_F is the norm of the one-sided product, and C_ii = (U_rᵀ ΔW)_i · v_i = u_i · (ΔW V_r)_i.
+    if v_ref.shape[0] == r:  # m >= n: V_r square
+        side = jnp.matmul(ref.u.T, delta, precision=HIGHEST)  # [r, n]
+        diag = jnp.sum(side * ref.vh, axis=1)
+        top = jnp.matmul(side[:k], v_ref[:, :k], precision=HIGHEST)
+    else:  # m < n: U_r square
+        side = jnp.matmul(delta, v_ref, precision=HIGHEST)  # [m, r]
+        diag = jnp.sum(ref.u * side, axis=0)
+        top = jnp.matmul(ref.u[:, :k].T, side[:, :k], precision=HIGHEST)
+    diag2 = jnp.sum(diag**2)
+    total2 = jnp.sum(side**2)
     top_diag2 = jnp.sum(jnp.diagonal(top) ** 2)
     safe = jnp.where(delta2 > 0, delta2, jnp.nan)
     out["magnitude_share"] = diag2 / safe

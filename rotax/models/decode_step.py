@@ -18,6 +18,7 @@ from flax import nnx
 
 from rotax.models import attention, decoder
 from rotax.models.config import ModelConfig
+from rotax.models.decoder import unroll_layers_by_default  # noqa: F401  (re-exported)
 from rotax.models.layers import apply_rope, rope_cos_sin
 
 class HeadMajorCache(NamedTuple):
@@ -46,12 +47,6 @@ class HeadMajorCache(NamedTuple):
                 return tuple(jax.lax.dynamic_update_slice(empty, x[i], (0, 0, 0, 0)) for i in range(x.shape[0]))
             return jax.lax.dynamic_update_slice(empty, x, (0, 0, 0, 0, 0))
         return cls(convert(cache.k), convert(cache.v))
-
-
-def unroll_layers_by_default() -> bool:
-    """Whether :func:`decode_step` loops over layers in Python: on CPU, where XLA copies every
-    ``scan`` slice (each layer's weights and cache) per step; elsewhere ``lax.scan``."""
-    return jax.default_backend() == "cpu"
 
 
 def _layer_step(cfg: ModelConfig, layer, h, cos, sin, valid, k_cache, v_cache, slot=None):

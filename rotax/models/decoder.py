@@ -18,6 +18,22 @@ from rotax.models import attention
 from rotax.models.config import ModelConfig
 from rotax.models.layers import Embed, Linear, RMSNorm, apply_rope, rope_cos_sin
 
+def unroll_layers_by_default() -> bool:
+    """Whether the sampler's decode step loops over layers in Python: on CPU, where XLA copies
+    every ``lax.scan`` slice (each layer's weights and cache) per step; elsewhere ``lax.scan``."""
+    return jax.default_backend() == "cpu"
+
+
+def unroll_forward_by_default() -> bool:
+    """Whether :func:`apply` unrolls its layer scan: on a single CPU device, where XLA:CPU
+    stacks every scan residual into zero-filled ``[L, ...]`` buffers and slices weights and
+    residuals back per layer (12-25% of an SFT step, docs/performance.md). Not on several
+    devices: there the rolled scan keeps the reduction order the multi-process SFT test pins
+    (unrolled, AdamW amplified the reassociation of near-zero embedding gradients to 1.7e-5
+    relative against its 1e-5 tolerance); nor on accelerators (one compiled layer)."""
+    return jax.default_backend() == "cpu" and jax.device_count() == 1
+
+
 class KVCache(NamedTuple):
     """Keys and values for every stacked layer: ``[L, B, T, kv_heads, head_dim]`` each."""
 
@@ -121,7 +137,9 @@ class TextModel(nnx.Module):
         if cfg.remat:
             body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
         kv_in = None if cache is None else (cache.k, cache.v)
-        x, kv_out = jax.lax.scan(body, x, (layer_state, kv_in))
+        # unrolled on one CPU device: XLA:CPU stacks every scan residual into [L, ...] buffers (zero-filled,
+        # then one dynamic-update-slice per layer) and slices them back in the backward pass
+        x, kv_out = jax.lax.scan(body, x, (layer_state, kv_in), unroll=unroll_forward_by_default())
         new_cache = None if cache is None else KVCache(*kv_out)
         return self.norm(x), new_cache
 
@@ -199,6 +217,8 @@ def lm_logits(cfg: ModelConfig, params: dict, hidden: jax.Array) -> jax.Array:
     return nnx.merge(graphdef(cfg), params).logits(hidden)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def forward(cfg: ModelConfig, params: dict, tokens: jax.Array) -> jax.Array:
-    """Logits ``[B, S, vocab]`` (float32) of a causal pass over ``tokens [B, S]`` int32."""
+    """Logits ``[B, S, vocab]`` (float32) of a causal pass over ``tokens [B, S]`` int32 (jitted
+    once per config and shape; ``apply`` is the traceable form)."""
     return apply(cfg, params, tokens).logits
