@@ -149,8 +149,9 @@ def gate(cfg, base, tuned, scorers, *, binary: bool, settings: GateSettings, id_
     rows = run_search(items, tuned, base, cfg, select, base_scores=base_sel, tuned_scores=tuned_sel,
                       id_score=None if id_scorers is None else id_scorers[0], id_tuned=id_tuned_sel,
                       budget_s=left, progress=settings.progress)
-    tolerance = settings.tie_share * abs(float(np.mean(base_sel) - np.mean(tuned_sel)))
-    best = choose(rows, settings.max_id_cost, tolerance)
+    lost_sel = float(np.mean(base_sel) - np.mean(tuned_sel))
+    cap = float(np.mean(base_sel)) if lost_sel > 0 else np.inf
+    best = choose(rows, settings.max_id_cost, settings.tie_share * abs(lost_sel), cap)
     start = time.perf_counter()
     repaired = items[best].apply(tuned, base, cfg) if best is not None else tuned
     base_rep, tuned_rep, repaired_rep = report(base), report(tuned), report(repaired)

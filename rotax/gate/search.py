@@ -179,15 +179,19 @@ def run_search(items: Sequence[Candidate], tuned, base, cfg, score: Callable, *,
     return rows
 
 
-def choose(rows: Sequence[dict], max_id_cost: float, tolerance: float = 0.0) -> int | None:
+def choose(rows: Sequence[dict], max_id_cost: float, tolerance: float = 0.0,
+           cap: float = math.inf) -> int | None:
     """Index of the chosen scored row: among rows whose ID cost is within ``max_id_cost`` (all
-    scored rows when none is), the *earliest* (highest-priority) row whose selection score is
-    within ``tolerance`` of the best — a later candidate must beat an earlier one by more than
-    ``tolerance`` to win. None when nothing was scored."""
+    scored rows when none is), the *earliest* (highest-priority) row whose selection score,
+    capped at ``cap``, is within ``tolerance`` of the best capped score — a later candidate
+    must beat an earlier one by more than ``tolerance`` to win. The gate caps at the base's
+    selection score: a reset is there to recover what was lost, and "better than the base" on a
+    small selection half is mostly noise. None when nothing was scored."""
     scored = [i for i, r in enumerate(rows) if r["status"] == "scored"]
     within = [i for i in scored if rows[i]["id_cost"] is None or rows[i]["id_cost"] <= max_id_cost]
     pool = within or scored
     if not pool:
         return None
-    best = max(rows[i]["score"] for i in pool)
-    return min(i for i in pool if rows[i]["score"] >= best - tolerance)
+    capped = {i: min(rows[i]["score"], cap) for i in pool}
+    best = max(capped.values())
+    return min(i for i in pool if capped[i] >= best - tolerance)

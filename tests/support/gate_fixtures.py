@@ -50,11 +50,12 @@ def damaged(params, layers, angle: float):
 
 
 def make_pair(root, *, damage_layers=(0, 1), angle: float = 1.2, head_scale: float = 40.0,
-              seed: int = 0) -> tuple[Path, Path]:
-    """``(base_dir, tuned_dir)`` under ``root``; ``damage_layers=()`` gives an identical copy."""
+              seed: int = 0, **model) -> tuple[Path, Path]:
+    """``(base_dir, tuned_dir)`` under ``root``; ``damage_layers=()`` gives an identical copy;
+    ``model`` overrides :data:`MODEL` (toy_hf_config keywords)."""
     root = Path(root)
     tok = build_toy_tokenizer()
-    raw = write_toy_base(root / "raw", tok, jax.random.key(seed), **MODEL)
+    raw = write_toy_base(root / "raw", tok, jax.random.key(seed), **{**MODEL, **model})
     cfg, params = load_hf_checkpoint(raw)
     params = jax.tree.map(np.asarray, params)
     params["lm_head"]["weight"] = params["lm_head"]["weight"] * head_scale
