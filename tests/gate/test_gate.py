@@ -161,3 +161,17 @@ def test_choice_prefers_the_earlier_candidate_within_tolerance():
     assert choose(rows, max_id_cost=1.0, tolerance=0.01) == 3
     # capped at the base's score (-2.41): both first rows reach it, the earlier one wins
     assert choose(rows, max_id_cost=0.1, tolerance=0.0, cap=-2.41 - 0.1) == 0
+
+
+def test_gate_runs_sharded_on_a_mesh(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "tests.support.gate_mesh_check", str(tmp_path)],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "mesh gate ok" in proc.stdout
