@@ -38,7 +38,8 @@ class GateSettings:
     reset may lose (upper bound of its interval; accuracy share, or nats/token for NLL);
     operators: which operators the search may use; seed: the probe split; hands: per half of
     a built-in probe; attempts / max_new_tokens: GeneralPoints episodes; batch_size: rows per
-    forward pass; k / null_seeds / threshold: the diagnosis; tie_share: a later candidate must beat
+    forward pass; k / null_seeds / threshold: the diagnosis; fixed_layers: layer resets always
+    tried; ranks: the UV-merge grid's top fractions; tie_share: a later candidate must beat
     an earlier one by more than this share of the selection-half loss to be chosen (scores
     within noise keep the more targeted, earlier candidate); draws: bootstrap draws."""
 
@@ -57,6 +58,8 @@ class GateSettings:
     k: float = 0.2
     null_seeds: int = 2
     threshold: float = 1.2
+    fixed_layers: tuple[str, ...] = ("first 25%",)
+    ranks: tuple[float, ...] = (0.1, 0.2, 0.5)
     tie_share: float = 0.02
     draws: int = 2000
     dtype: str | None = None
@@ -131,50 +134,80 @@ def gate(cfg, base, tuned, scorers, *, binary: bool, settings: GateSettings, id_
          nll: tuple[bool, bool] = (False, False)) -> dict:
     """The gate on loaded trees. ``scorers``/``id_scorers``: ``(selection, report)`` callables
     ``params -> [n]`` item scores (higher is better); ``nll``: whether the probe / ID probe
-    scores are minus NLL (their means are then reported as NLL, lower better). Returns the result dict of ``gate.json``
-    (without the file-level fields) plus ``"repaired"``: the chosen candidate's tree (the tuned
-    tree when nothing was scored) and ``"diagnosis_object"``."""
+    scores are minus NLL (their means are then reported as NLL, lower better). Returns the
+    result dict of ``gate.json`` (without the file-level fields) plus ``"repaired"``: the
+    chosen candidate's tree (the tuned tree when nothing was scored), ``"chosen_candidate"``
+    (a :class:`~rotax.gate.search.Candidate` or None) and ``"diagnosis_object"``."""
+    began = time.perf_counter() if began is None else began
+    found = search_repairs(cfg, base, tuned, scorers[0], settings=settings,
+                           id_select=None if id_scorers is None else id_scorers[0],
+                           operators=operators, began=began)
+    chosen = found.pop("chosen_candidate")
+    repaired = chosen.apply(tuned, base, cfg) if chosen is not None else tuned
+    result = {**decide_on_report(base, tuned, repaired, scorers[1], binary=binary, settings=settings,
+                                 id_report=None if id_scorers is None else id_scorers[1],
+                                 id_binary=id_binary, nll=nll),
+              "chosen": None if chosen is None else chosen.to_json(), **found}
+    result["search_seconds"] = sum(r["seconds"] or 0.0 for r in result["candidates"])
+    result["seconds"] = time.perf_counter() - began
+    result["repaired"], result["chosen_candidate"] = repaired, chosen
+    return result
+
+
+def search_repairs(cfg, base, tuned, select, *, settings: GateSettings, id_select=None,
+                   operators=None, began: float | None = None) -> dict:
+    """Selection-half scores of base and tuned, the diagnosis, and the candidate search under
+    what is left of ``settings.budget_s``. Returns ``{"chosen_candidate", "chosen_selection",
+    "selection", "diagnosis", "diagnosis_object", "candidates", "scoring_seconds"}``."""
     began = time.perf_counter() if began is None else began
     operators = parse_operators(operators if operators is not None else settings.operators)
-    select, report = scorers
-    timings = {}
     start = time.perf_counter()
     base_sel, tuned_sel = select(base), select(tuned)
-    id_tuned_sel = None if id_scorers is None else id_scorers[0](tuned)
-    timings["scoring_seconds"] = time.perf_counter() - start
+    id_tuned_sel = None if id_select is None else id_select(tuned)
+    scoring_seconds = time.perf_counter() - start
     diagnosis = diagnose(base, tuned, cfg, k=settings.k, null_seeds=settings.null_seeds,
                          threshold=settings.threshold, progress=False)
-    items = candidates(cfg, diagnosis, operators)
+    items = candidates(cfg, diagnosis, operators, fixed_layers=settings.fixed_layers,
+                       ranks=settings.ranks)
     left = settings.budget_s - (time.perf_counter() - began)
     rows = run_search(items, tuned, base, cfg, select, base_scores=base_sel, tuned_scores=tuned_sel,
-                      id_score=None if id_scorers is None else id_scorers[0], id_tuned=id_tuned_sel,
-                      budget_s=left, progress=settings.progress)
+                      id_score=id_select, id_tuned=id_tuned_sel, budget_s=left,
+                      progress=settings.progress)
     lost_sel = float(np.mean(base_sel) - np.mean(tuned_sel))
     cap = float(np.mean(base_sel)) if lost_sel > 0 else np.inf
     best = choose(rows, settings.max_id_cost, settings.tie_share * abs(lost_sel), cap)
+    return {"chosen_candidate": None if best is None else items[best],
+            "chosen_selection": None if best is None else rows[best],
+            "selection": {"base": float(np.mean(base_sel)), "tuned": float(np.mean(tuned_sel))},
+            "diagnosis": diagnosis.to_json(), "diagnosis_object": diagnosis, "candidates": rows,
+            "scoring_seconds": scoring_seconds}
+
+
+def decide_on_report(base, tuned, repaired, report, *, binary: bool, settings: GateSettings,
+                     id_report=None, id_binary: bool = True, nll: tuple[bool, bool] = (False, False),
+                     base_scores=None, id_base_scores=None) -> dict:
+    """Scores base / tuned / repaired on the report half (``base_scores`` / ``id_base_scores``:
+    already computed ones, reused) and returns :func:`rotax.gate.decision.decide`'s dict plus
+    ``probe`` / ``id_probe`` score blocks and ``report_seconds``."""
     start = time.perf_counter()
-    repaired = items[best].apply(tuned, base, cfg) if best is not None else tuned
-    base_rep, tuned_rep, repaired_rep = report(base), report(tuned), report(repaired)
-    id_rep = None if id_scorers is None else {name: id_scorers[1](tree) for name, tree in
-                                              (("base", base), ("tuned", tuned), ("repaired", repaired))}
-    timings["report_seconds"] = time.perf_counter() - start
+    base_rep = report(base) if base_scores is None else base_scores
+    tuned_rep, repaired_rep = report(tuned), report(repaired)
+    id_rep = None
+    if id_report is not None:
+        id_rep = {"base": id_report(base) if id_base_scores is None else id_base_scores,
+                  "tuned": id_report(tuned), "repaired": id_report(repaired)}
     verdict = decision_lib.decide(
         base_rep, tuned_rep, repaired_rep, binary=binary,
         id_tuned=None if id_rep is None else id_rep["tuned"],
         id_repaired=None if id_rep is None else id_rep["repaired"], id_binary=id_binary,
         target=settings.target, max_id_cost=settings.max_id_cost, draws=settings.draws,
         seed=settings.seed)
-    result = {**verdict, "chosen": None if best is None else items[best].to_json(),
-              "chosen_selection": None if best is None else rows[best],
-              "probe": _scores(base_rep, tuned_rep, repaired_rep, binary, settings, nll[0]),
-              "id_probe": None if id_rep is None else _scores(
-                  id_rep["base"], id_rep["tuned"], id_rep["repaired"], id_binary, settings, nll[1]),
-              "selection": {"base": float(np.mean(base_sel)), "tuned": float(np.mean(tuned_sel))},
-              "diagnosis": diagnosis.to_json(), "candidates": rows, **timings,
-              "search_seconds": sum(r["seconds"] or 0.0 for r in rows),
-              "seconds": time.perf_counter() - began}
-    result["repaired"], result["diagnosis_object"] = repaired, diagnosis
-    return result
+    return {**verdict,
+            "probe": _scores(base_rep, tuned_rep, repaired_rep, binary, settings, nll[0]),
+            "id_probe": None if id_rep is None else _scores(
+                id_rep["base"], id_rep["tuned"], id_rep["repaired"], id_binary, settings, nll[1]),
+            "report_seconds": time.perf_counter() - start,
+            "base_scores": base_rep, "id_base_scores": None if id_rep is None else id_rep["base"]}
 
 
 def _scores(base, tuned, repaired, binary: bool, settings: GateSettings, nll: bool) -> dict:
@@ -204,6 +237,8 @@ def run_gate(base_dir, tuned_dir, out_dir, settings: GateSettings, mesh=None) ->
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     repaired, diagnosis = result.pop("repaired"), result.pop("diagnosis_object")
+    for key in ("chosen_candidate", "base_scores", "id_base_scores"):
+        result.pop(key)
     export = export_hf_checkpoint(cfg, repaired, out / "model", source=tuned_dir)
     result.update(base=str(base_dir), tuned=str(tuned_dir), probe_name=inputs.probe.name,
                   score=inputs.probe.score, id_probe_name=inputs.id_probe.name if inputs.id_probe else None,
