@@ -45,6 +45,9 @@ def default_config() -> ml_collections.ConfigDict:
     ppo_seeds: PPO runs per start. reset_reference: ``peak`` (the study's SFT_MaxOOD) or
     ``base``. null_seeds: matched-norm null draws per matrix. analysis_k: top-subspace size, a fraction in
     [0, 1] or a whole rank above 1 (``--config.study.analysis_k=64``).
+    autoselect_layers / autoselect_ranks / autoselect_operators / autoselect_budget_s: the
+    gate's (``rotax.gate``) fixed layer resets, UV-merge grid, operators and time budget in the
+    auto-select stage.
     """
     return ml_collections.ConfigDict({
         "preset": "",
@@ -64,6 +67,8 @@ def default_config() -> ml_collections.ConfigDict:
         "analysis_k": 0.2,
         "autoselect_layers": ("first 25%", "first 50%", "0-1", "last 25%"),
         "autoselect_ranks": (0.1, 0.2, 0.5),
+        "autoselect_operators": ("layer-reset", "uv-merge", "module-reset"),
+        "autoselect_budget_s": 900.0,
         "progress": True,
     })
 
@@ -79,6 +84,7 @@ def apply_preset(config) -> None:
     # two attempts (not the toy's one) so the smoke run also exercises revision episodes
     s.attempts, s.sft_pool_hands, s.ppo_starts, s.ppo_seeds = 2, 256, ("peak", "end"), 1
     s.autoselect_layers, s.autoselect_ranks, s.null_seeds = ("first 25%", "last 25%"), (0.2,), 1
+    s.autoselect_operators, s.autoselect_budget_s = ("layer-reset", "uv-merge"), 30.0
     config.pretrain.num_steps, config.pretrain.checkpoint_every = 60, 60
     config.pretrain.decay_steps = 0
     config.sft.num_steps, config.sft.checkpoint_every, config.sft.eval_every = 40, 20, 20

@@ -25,7 +25,8 @@ FIRST_STAGE = {
     "study.analysis_k": "analysis", "study.null_seeds": "analysis",
     "study.reset_reference": "resets",
     "study.probe_hands": "autoselect", "study.autoselect_layers": "autoselect",
-    "study.autoselect_ranks": "autoselect",
+    "study.autoselect_ranks": "autoselect", "study.autoselect_operators": "autoselect",
+    "study.autoselect_budget_s": "autoselect",
 }
 IGNORED = ("mesh", "run_dir", "study.progress", "sft.progress", "ppo.progress", "pretrain.progress")
 
