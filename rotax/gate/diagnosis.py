@@ -6,8 +6,8 @@ and V, in [0, 1]) and the Σ drift (mean |Δσ|/σ), each beside the same statis
 matched-norm null (the base plus an isotropic random change of the same Frobenius norm). A cell
 (layer, module) *moved beyond the null* when its ``excess`` — the larger of rotation / null
 rotation and Σ drift / null Σ drift — exceeds ``threshold``; cells the tuning did not change
-at all (ΔW = 0) have excess 0. Cells are ranked by excess; the layers and modules of the
-moved cells are the search's first candidates. When no cell passes, the layers with the
+at all (ΔW = 0) have excess 0. Cells are ranked by excess; the layers (at most half of them,
+the most-moved) and modules of the moved cells are the search's first candidates. When no cell passes, the layers with the
 largest relative change ‖ΔW‖/‖W‖ (the top quarter) stand in, and the diagnosis says so.
 """
 
@@ -82,7 +82,7 @@ def cells_of(rows: list[dict]) -> list[dict]:
 
 
 def diagnose(base, tuned, cfg, *, k: float = 0.2, null_seeds: int = 2, threshold: float = 1.2,
-             progress: bool = False) -> Diagnosis:
+             max_share: float = 0.5, progress: bool = False) -> Diagnosis:
     """The :class:`Diagnosis` of ``tuned`` against ``base`` (canonical trees, sharded or not)."""
     began = time.perf_counter()
     result = spectral.analyze(base, tuned, k=k, null_seeds=null_seeds, layer_ids=cfg.layer_ids,
@@ -90,12 +90,21 @@ def diagnose(base, tuned, cfg, *, k: float = 0.2, null_seeds: int = 2, threshold
     cells = cells_of(result.rows)
     moved = [c for c in cells if c["excess"] > threshold]
     if moved:
-        layers = sorted({c["layer"] for c in moved if c["layer"] is not None})
+        num_layers = len({c["layer"] for c in cells if c["layer"] is not None})
+        layers = moved_layers(moved, num_layers, max_share)
         modules = [m for m in MODULE_TYPES if any(c["module"] == m for c in moved)]
     else:
         layers, modules = fallback_layers(cells), []
     return Diagnosis(cells, tuple(layers), tuple(modules), bool(moved), threshold, result.rows,
                      time.perf_counter() - began)
+
+
+def moved_layers(moved: list[dict], num_layers: int, max_share: float) -> list[int]:
+    """HF layers of the ``moved`` cells (ranked by excess), at most ``max_share`` of the model's
+    ``num_layers`` (rounded half up, at least 1) — the most-moved ones: resetting (nearly)
+    every layer is no targeted repair."""
+    order = list(dict.fromkeys(c["layer"] for c in moved if c["layer"] is not None))
+    return sorted(order[:max(1, int(max_share * num_layers + 0.5))])
 
 
 def fallback_layers(cells: list[dict], share: float = 0.25) -> list[int]:

@@ -10,6 +10,8 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from rotax.runtime.run_config import write_text_atomic
 
 
@@ -95,6 +97,19 @@ def _summary_lines(result: dict) -> list[str]:
             f"Seconds: {_num(result['seconds'], 1)} in all, search {_num(result['search_seconds'], 1)}."]
 
 
+def _finite(x):
+    """``x`` with NaN / ±inf (an undefined share, an unbounded interval) as None: strict JSON."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
 FIGURES = ("diagnosis_rotation.png", "diagnosis_sigma.png")
 
 
@@ -102,7 +117,7 @@ def write(out_dir, result: dict, diagnosis=None) -> None:
     """Writes gate.json, the heatmaps (when ``diagnosis`` is given), gate.md and gate.html."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "gate.json", json.dumps(result, indent=2, default=float))
+    write_text_atomic(out / "gate.json", json.dumps(_finite(result), indent=2, allow_nan=False))
     if diagnosis is not None:
         diagnosis.heatmaps(out)
     t = tables(result)

@@ -62,13 +62,13 @@ def run(ctx, outputs: dict) -> dict:
            "candidates": result["candidates"], "search_seconds": result["search_seconds"],
            "test": test, "gate": {k: result[k] for k in keep}, "by_start": []}
     if chosen is not None:
-        out["by_start"] = _by_start(ctx, outputs, reference, chosen, ood[1], id_[1], settings, result)
+        out["by_start"] = _by_start(ctx, outputs, reference, chosen, ood[1], settings, result)
     return out
 
 
-def _by_start(ctx, outputs, reference, chosen, report, id_report, settings, result) -> list[dict]:
+def _by_start(ctx, outputs, reference, chosen, report, settings, result) -> list[dict]:
     """Per PPO run: the gate's decision on its start checkpoint (the chosen operator applied
-    to it) and PPO's own recovered share on the same report hands."""
+    to it; OOD probe only, no ID cost) and PPO's own recovered share on the same report hands."""
     rows, decided = [], {}
     base_scores = result["base_scores"]
     for run in outputs.get("ppo", {}).get("runs", []):
@@ -76,8 +76,7 @@ def _by_start(ctx, outputs, reference, chosen, report, id_report, settings, resu
         if step not in decided:
             start = ctx.sft_params(step)
             verdict = decide_on_report(reference, start, chosen.apply(start, reference, ctx.model_cfg),
-                                       report, binary=True, settings=settings, id_report=id_report,
-                                       base_scores=base_scores, id_base_scores=result["id_base_scores"])
+                                       report, binary=True, settings=settings, base_scores=base_scores)
             decided[step] = (verdict, report(start))
         verdict, start_scores = decided[step]
         ppo_scores = report(ctx.load_ppo_params(run))
