@@ -15,7 +15,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("gate", help="diagnose a fine-tuned model, pick a reset, decide "
                               "whether RL is needed")
     p.add_argument("--base", required=True, metavar="DIR", help="base HF model directory")
-    p.add_argument("--tuned", required=True, metavar="DIR", help="fine-tuned HF model directory")
+    p.add_argument("--tuned", required=True, metavar="DIR", help="fine-tuned HF model directory, or "
+                   "a rotax training checkpoint of the base's model (e.g. RUN/sft/checkpoints/sft/500)")
     p.add_argument("--probe", required=True, help="general-points:ood|general-points:id or a "
                    "JSONL file of {messages, answer}")
     p.add_argument("--id-probe", default=None, help="probe of the tuned task (shows the ID cost)")
@@ -55,6 +56,9 @@ def run(args) -> int:
     mesh = make_mesh(tuple(int(x) for x in args.mesh.split(",")) if args.mesh else None)
     result = run_gate(args.base, args.tuned, args.out, settings, mesh=mesh)
     print(sentence(result))
-    print(f"recovered {result['recovered']:.3f} (95% interval {result['recovered_interval']}); "
-          f"{result['seconds']:.1f} s; wrote {args.out}/gate.json, gate.md, gate.html, model/")
+    low, high = result["recovered_interval"]
+    recovered = ("recovered n/a (nothing lost)" if result["recovered"] != result["recovered"] else
+                 f"recovered {result['recovered']:.3f} (95% interval [{low:.3f}, {high:.3f}])")
+    print(f"{recovered}; {result['seconds']:.1f} s; wrote {args.out}/gate.json, gate.md, gate.html, "
+          "model/")
     return 0

@@ -66,8 +66,10 @@ def decide(base, tuned, repaired, *, binary: bool, id_tuned=None, id_repaired=No
                                                       draws=draws, seed=seed + 1)
     if not lost_interval[0] > 0:
         out["decision"] = "none"
-        out["reason"] = (f"the tuned model lost nothing beyond noise on the report half (lost "
-                         f"{lost:+.4g}, 95% interval [{lost_interval[0]:+.4g}, {lost_interval[1]:+.4g}] "
+        band = f"lost {lost:+.4g}, 95% interval [{lost_interval[0]:+.4g}, {lost_interval[1]:+.4g}]"
+        out["reason"] = (f"the tuned model scores better than the base on the report half ({band})"
+                         if lost_interval[1] < 0 else
+                         f"the tuned model lost nothing beyond noise on the report half ({band} "
                          "includes 0)")
         return out
     low = share["interval"][0]

@@ -12,6 +12,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from rotax.analysis.resets import check_compatible
@@ -21,10 +22,12 @@ from rotax.gate.diagnosis import diagnose
 from rotax.gate.probes import Probe, load_probe
 from rotax.gate.scoring import make_scorers
 from rotax.gate.search import candidates, choose, parse_operators, run_search
+from rotax.io.checkpoint import restore_params
 from rotax.io.hf import export_hf_checkpoint, load_hf_checkpoint
 from rotax.io.tokenizer import load_tokenizer
 from rotax.models.config import ModelConfig
 from rotax.models.decoder import param_shapes
+from rotax.runtime.sharding import make_mesh, param_shardings
 from rotax.tasks.points.toy_tokenizer import is_toy_tokenizer
 
 
@@ -89,12 +92,17 @@ def check_inputs(base_dir, tuned_dir, out_dir, settings: GateSettings, mesh=None
     if settings.budget_s <= 0:
         raise ValueError(f"--budget-s {settings.budget_s}: must be positive")
     for directory in (base_dir, tuned_dir):
-        if not (Path(directory) / "config.json").is_file():
-            raise FileNotFoundError(f"{directory}: not an HF model directory (no config.json)")
+        if not (is_hf_dir(directory) or is_rotax_checkpoint(directory)):
+            raise FileNotFoundError(f"{directory}: neither an HF model directory (no config.json) "
+                                    "nor a rotax training checkpoint (no rotax_manifest.json)")
+    if not (is_hf_dir(base_dir) or is_hf_dir(tuned_dir)):
+        raise ValueError("at least one of --base / --tuned must be an HF directory (the other may "
+                         "be a rotax checkpoint of the same model)")
     out = Path(out_dir).resolve()
     if out in (Path(base_dir).resolve(), Path(tuned_dir).resolve()):
         raise ValueError("--out must differ from --base and --tuned")
-    cfg_base, cfg = ModelConfig.from_hf_dir(base_dir), ModelConfig.from_hf_dir(tuned_dir)
+    cfg_base, cfg = (ModelConfig.from_hf_dir(d if is_hf_dir(d) else other)
+                     for d, other in ((base_dir, tuned_dir), (tuned_dir, base_dir)))
     if cfg_base.architecture != cfg.architecture:
         raise ValueError(f"architectures differ: base {cfg_base.architecture!r} vs tuned "
                          f"{cfg.architecture!r}")
@@ -118,6 +126,32 @@ def check_inputs(base_dir, tuned_dir, out_dir, settings: GateSettings, mesh=None
     id_scorers = None if id_probe is None else make_scorers(
         id_probe, cfg, tokenizer, mesh=mesh, batch_size=settings.batch_size, points_options=options)
     return Inputs(cfg, tokenizer, probe, id_probe, scorers, id_scorers, operators)
+
+
+def is_hf_dir(directory) -> bool:
+    return (Path(directory) / "config.json").is_file()
+
+
+def is_rotax_checkpoint(directory) -> bool:
+    return (Path(directory) / "rotax_manifest.json").is_file()
+
+
+def load_pair(base_dir, tuned_dir, *, mesh=None, dtype=None):
+    """``(cfg, base, tuned)``: HF directories load with ``load_hf_checkpoint``; one of the two
+    may be a rotax training checkpoint (one step's directory, e.g.
+    ``RUN/sft/checkpoints/sft/500``), restored in the shardings of the other's config."""
+    hf_first = tuned_dir if is_hf_dir(tuned_dir) else base_dir
+    other_dir = base_dir if hf_first == tuned_dir else tuned_dir
+    cfg, first = load_hf_checkpoint(hf_first, mesh=mesh, dtype=dtype)
+    if is_hf_dir(other_dir):
+        _, other = load_hf_checkpoint(other_dir, mesh=mesh, dtype=dtype)
+    else:
+        mesh = mesh or make_mesh(devices=jax.devices()[:1])
+        shapes = param_shapes(cfg)
+        abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                                shapes, param_shardings(shapes, mesh))
+        other = restore_params(other_dir, abstract)
+    return (cfg, other, first) if hf_first == tuned_dir else (cfg, first, other)
 
 
 def _tokenizer(*directories):
@@ -226,8 +260,8 @@ def run_gate(base_dir, tuned_dir, out_dir, settings: GateSettings, mesh=None) ->
     and ``model/`` (the repaired HF directory) under ``out_dir``. Returns the gate.json dict."""
     began = time.perf_counter()
     inputs = check_inputs(base_dir, tuned_dir, out_dir, settings, mesh)
-    _, base = load_hf_checkpoint(base_dir, mesh=mesh, dtype=settings.dtype)
-    cfg, tuned = load_hf_checkpoint(tuned_dir, mesh=mesh, dtype=settings.dtype)
+    hf_dir = tuned_dir if is_hf_dir(tuned_dir) else base_dir
+    cfg, base, tuned = load_pair(base_dir, tuned_dir, mesh=mesh, dtype=settings.dtype)
     result = gate(cfg, base, tuned, inputs.scorers, binary=inputs.scorers[0].binary,
                   settings=settings, id_scorers=inputs.id_scorers,
                   id_binary=True if inputs.id_scorers is None else inputs.id_scorers[0].binary,
@@ -239,7 +273,7 @@ def run_gate(base_dir, tuned_dir, out_dir, settings: GateSettings, mesh=None) ->
     repaired, diagnosis = result.pop("repaired"), result.pop("diagnosis_object")
     for key in ("chosen_candidate", "base_scores", "id_base_scores"):
         result.pop(key)
-    export = export_hf_checkpoint(cfg, repaired, out / "model", source=tuned_dir)
+    export = export_hf_checkpoint(cfg, repaired, out / "model", source=hf_dir)
     result.update(base=str(base_dir), tuned=str(tuned_dir), probe_name=inputs.probe.name,
                   score=inputs.probe.score, id_probe_name=inputs.id_probe.name if inputs.id_probe else None,
                   model_dir="model", exported_tensors=export.written,
