@@ -175,3 +175,22 @@ def test_gate_runs_sharded_on_a_mesh(tmp_path):
                           cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "mesh gate ok" in proc.stdout
+
+
+def test_tuned_may_be_a_rotax_training_checkpoint(pair, tmp_path):
+    import jax
+
+    from rotax.gate.pipeline import load_pair
+    from rotax.io.checkpoint import CheckpointStore
+
+    base, tuned, _, _ = pair
+    _, params = load_hf_checkpoint(tuned)
+    store = CheckpointStore(tmp_path, "sft", async_save=False)
+    path = store.save(7, {"params": params}, {"note": "test"})
+    store.close()
+    cfg, base_params, restored = load_pair(base, path)
+    _, expected_base = load_hf_checkpoint(base)
+    for got, want in ((restored, params), (base_params, expected_base)):
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert cfg.num_layers == 4
