@@ -49,7 +49,8 @@ def tables(result: dict) -> dict[str, list[list[str]]]:
             scores.append([label, model, _num(block[model]["mean"], 4),
                            _interval(block[model]["interval"]), str(block[model]["n"])])
     out["scores"] = scores
-    head = ["candidate", "group", "status", "selection score", "recovered (selection)",
+    minus = " (−NLL)" if unit == "nll" else ""
+    head = ["candidate", "group", "status", f"selection score{minus}", "recovered (selection)",
             "ID cost (selection)", "seconds"]
     rows = [head]
     attribution = [head]
