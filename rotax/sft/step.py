@@ -110,18 +110,24 @@ def prepare_batch(batch: Batch, accum_steps: int = 1, bucket: int = 16) -> Train
     return TrainBatch(*(np.reshape(x, (accum_steps, rows // accum_steps) + x.shape[1:]) for x in arrays))
 
 
-def loss_sums(model_cfg: ModelConfig, params, tokens, attention_mask, positions, weights):
-    """``(Σ weight·nll, Σ weight)`` of next-token prediction on one micro-batch.
+def target_nll(model_cfg: ModelConfig, params, tokens, attention_mask, positions):
+    """Next-token nll ``[b, K]`` (float32) of the tokens after ``positions``.
 
-    tokens ``[b, S]``, attention_mask ``[b, S]``, positions/weights ``[b, K]`` (see
+    tokens ``[b, S]``, attention_mask ``[b, S]``, positions ``[b, K]`` (see
     :class:`TrainBatch`). The decoder's final hidden states are gathered at ``positions``
     and only those ``[b, K, hidden]`` go through the LM head (float32 logits ``[b, K, V]``).
-    Returns two float32 scalars."""
+    Entries at padding positions are computed too; weight them out."""
     hidden = apply(model_cfg, params, tokens, kv_mask=attention_mask, return_logits=False).hidden
     picked = jnp.take_along_axis(hidden, positions[..., None], axis=1)
     logits = lm_logits(model_cfg, params, picked)
     targets = jnp.take_along_axis(tokens, positions + 1, axis=1)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+
+
+def loss_sums(model_cfg: ModelConfig, params, tokens, attention_mask, positions, weights):
+    """``(Σ weight·nll, Σ weight)`` of next-token prediction on one micro-batch (see
+    :func:`target_nll`). Returns two float32 scalars."""
+    nll = target_nll(model_cfg, params, tokens, attention_mask, positions)
     weights = weights.astype(jnp.float32)
     return jnp.sum(nll * weights), jnp.sum(weights)
 

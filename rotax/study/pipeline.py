@@ -54,6 +54,9 @@ def default_config() -> ml_collections.ConfigDict:
     head at the absolute ranks reference_ranks, min(k, n); 2-D-only layer resets of
     reference_layer_ranges, plus embeddings/head when reference_layer_embed_head; a
     full-revert reverse test for every PPO run).
+    autoselect_layers / autoselect_ranks / autoselect_operators / autoselect_budget_s: the
+    gate's (``rotax.gate``) fixed layer resets, UV-merge grid, operators and time budget in the
+    auto-select stage.
     """
     return ml_collections.ConfigDict({
         "preset": "",
@@ -83,6 +86,8 @@ def default_config() -> ml_collections.ConfigDict:
         "reference_ranks": (2560, 3072, 3584),
         "reference_layer_ranges": ("0-9",),
         "reference_layer_embed_head": False,
+        "autoselect_operators": ("layer-reset", "uv-merge", "module-reset"),
+        "autoselect_budget_s": 900.0,
         "progress": True,
     })
 
@@ -98,6 +103,7 @@ def apply_preset(config) -> None:
     # two attempts (not the toy's one) so the smoke run also exercises revision episodes
     s.attempts, s.sft_pool_hands, s.ppo_starts, s.ppo_seeds = 2, 256, ("peak", "end"), 1
     s.autoselect_layers, s.autoselect_ranks, s.null_seeds = ("first 25%", "last 25%"), (0.2,), 1
+    s.autoselect_operators, s.autoselect_budget_s = ("layer-reset", "uv-merge"), 30.0
     config.pretrain.num_steps, config.pretrain.checkpoint_every = 60, 60
     config.pretrain.decay_steps = 0
     config.sft.num_steps, config.sft.checkpoint_every, config.sft.eval_every = 40, 20, 20

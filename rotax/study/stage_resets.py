@@ -1,9 +1,9 @@
-"""The reset grid and the auto-selected reset of `rotax study`.
+"""The reset grid of `rotax study` (the auto-selected reset is the gate's: stage_autoselect).
 
 Target: the SFT end checkpoint. Reference: the peak-OOD SFT checkpoint (the study's choice) or
 the base (``study.reset_reference``). Every variant is evaluated on ``study.reset_hands`` ID and
-OOD hands per seed; auto-select searches layer ranges × rank fractions on a *probe* set whose
-hands come from seeds disjoint from the test sets, then reports the winner on the test sets.
+OOD hands per seed (auto-select, the gate's search on probe hands, is
+:mod:`rotax.study.stage_autoselect`).
 
 ``study.reset_grid`` picks the grid: ``rotax`` (:func:`reset_variants`) or ``reference``
 (:func:`reference_reset_variants`: the arms of the study's scripts ``analysis/svd_recover_dir.py``,
@@ -19,7 +19,6 @@ import jax
 from rotax.analysis import resets
 from rotax.analysis.selectors import Selector
 
-PROBE_SEED_OFFSET = 5000  # probe hands: seeds 5000+, test hands: seeds 1000+
 RESET_GRIDS = ("rotax", "reference")
 #: the study's K_TOP of its layer resets and reverse test: with min(k, n) a full revert of every
 #: matrix of Llama-3.2-11B (n <= 4096) and Qwen2.5-7B (n <= 3584)
@@ -121,32 +120,3 @@ def run_reset_grid(ctx, outputs: dict) -> dict:
                              "SFT-end top-20% directions onto the PPO model", evaluate(edited), None))
             break
     return {"reference": s.reset_reference, "rows": rows}
-
-
-def run_autoselect(ctx, outputs: dict) -> dict:
-    """Greedy grid over layer ranges × rank fractions (UV merge) plus whole-layer resets of the
-    same ranges, scored on probe hands by OOD accuracy, ID accuracy as tie-break."""
-    s, sft = ctx.config.study, outputs["sft"]
-    began = time.perf_counter()
-    target = ctx.sft_params(sft["end_step"])
-    reference = ctx.base_params() if s.reset_reference == "base" else ctx.sft_params(sft["peak_step"])
-    cfg = ctx.model_cfg
-    kw = {"layer_ids": cfg.layer_ids, "num_hidden_layers": cfg.num_hidden_layers}
-    candidates = []
-    for layers in s.autoselect_layers:
-        for rank in s.autoselect_ranks:
-            candidates.append((f"UV merge top {rank:.0%} of layers {layers}",
-                               lambda t, r, l=layers, k=rank: resets.uv_merge(t, r, Selector(layers=l), k, **kw)))
-        candidates.append((f"layer reset {layers}",
-                           lambda t, r, l=layers: resets.reset_layers(t, r, l, **kw)))
-    scored = []
-    for name, fn in candidates:
-        acc = ctx.evaluate_id_ood(fn(target, reference), n=s.probe_hands, seeds=(0,),
-                                  seed_offset=PROBE_SEED_OFFSET)
-        scored.append({"name": name, "probe_id": acc["id"]["mean"], "probe_ood": acc["ood"]["mean"]})
-    best_index = max(range(len(scored)), key=lambda i: (scored[i]["probe_ood"], scored[i]["probe_id"]))
-    search_seconds = time.perf_counter() - began
-    chosen = candidates[best_index][1](target, reference)
-    test = ctx.evaluate_test(chosen)
-    return {"chosen": scored[best_index]["name"], "candidates": scored, "search_seconds": search_seconds,
-            "test": test}

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rotax.study.advantage_panel import advantage_figure, by_start  # noqa: E402
 from rotax.study.claims import claims  # noqa: E402
 from rotax.study.report import recovered_fraction  # noqa: E402
+from rotax.study.stage_autoselect import gate_notes  # noqa: E402
 
 
 def _cell(acc: dict) -> dict:
@@ -96,4 +97,4 @@ def build_summary(ctx, outputs: dict) -> dict:
             "stage_seconds": {k: v.get("seconds", 0.0) for k, v in outputs.items() if isinstance(v, dict)},
             "notes": [f"Deck: {ctx.config.study.deck}; attempts per hand: {ctx.config.study.attempts}; "
                       f"reset reference: {ctx.config.study.reset_reference}. Recovered = (x − SFT end OOD) / "
-                      f"(SFT peak OOD − SFT end OOD)."]}
+                      f"(SFT peak OOD − SFT end OOD).", *gate_notes(outputs)]}

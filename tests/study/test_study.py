@@ -77,6 +77,27 @@ def test_report_table_equals_stage_outputs(smoke_run):
         assert f"{100 * row['ood']['mean']:.1f}" in markdown
 
 
+def test_autoselect_is_the_gate_with_a_decision_per_ppo_start(smoke_run):
+    from rotax.gate.decision import DECISIONS
+
+    run_dir, _, _ = smoke_run
+    auto = _stage(run_dir, "autoselect")
+    gate = auto["gate"]
+    assert gate["decision"] in DECISIONS and gate["chosen"]["name"] == auto["chosen"]
+    scored = [c for c in auto["candidates"] if c["status"] == "scored"]
+    assert scored and all(c["seconds"] > 0 for c in scored)
+    # the probe's report half: 0/1 outcomes of probe_hands hands per model, means inside [0, 1]
+    for model in ("base", "tuned", "repaired"):
+        assert gate["probe"][model]["n"] == 32 and 0 <= gate["probe"][model]["mean"] <= 1
+    runs = _stage(run_dir, "ppo")["runs"]
+    assert [r["run"] for r in auto["by_start"]] == [r["label"] for r in runs]
+    for row, run in zip(auto["by_start"], runs):
+        assert row["decision"] in DECISIONS and row["start_step"] == run["start_step"]
+    markdown = (run_dir / "report.md").read_text()
+    assert "Gate (rotax gate, reference → SFT end): decision" in markdown
+    assert markdown.count("Gate on PPO start") == len(runs)
+
+
 def test_forced_stages_are_set_aside_not_deleted(tmp_path):
     from rotax.study.pipeline import set_aside
 
