@@ -9,7 +9,7 @@ import sys
 
 # Listed explicitly (not discovered) so `rotax --help` is fast and a broken optional module
 # does not hide the others.
-COMMANDS = ("study", "sft", "ppo", "eval", "analyze", "reset", "export", "inspect")
+COMMANDS = ("study", "sft", "ppo", "eval", "analyze", "reset", "export", "inspect", "import_gguf")
 
 
 def build_parser() -> argparse.ArgumentParser:
