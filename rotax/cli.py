@@ -9,7 +9,8 @@ import sys
 
 # Listed explicitly (not discovered) so `rotax --help` is fast and a broken optional module
 # does not hide the others.
-COMMANDS = ("study", "gate", "sft", "ppo", "eval", "analyze", "reset", "export", "inspect")
+COMMANDS = ("study", "gate", "sft", "ppo", "eval", "analyze", "reset", "export", "inspect",
+            "import_gguf")
 
 
 def build_parser() -> argparse.ArgumentParser:

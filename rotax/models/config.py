@@ -24,23 +24,42 @@ ARCHITECTURES = {
 }
 MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "mllama": "mllama"}
 
-# Keys that carry no information the decoder needs (training-time, generation or bookkeeping
-# fields). Every other key must be consumed by the parser below or it is an error.
-_IGNORED_KEYS = {
-    "architectures", "model_type", "transformers_version", "initializer_range", "use_cache",
-    "attention_dropout", "dropout", "pretraining_tp", "torch_dtype", "dtype", "bos_token_id",
-    "output_attentions", "output_hidden_states", "return_dict", "_name_or_path", "id2label",
-    "label2id", "problem_type", "tokenizer_class", "max_window_layers", "layer_types",
+# Keys the parser below reads (or checks and refuses: see _check_keys).
+_PARSED_KEYS = {
+    "architectures", "model_type", "vocab_size", "hidden_size", "intermediate_size",
+    "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps",
+    "rope_scaling", "rope_parameters", "rope_theta", "partial_rotary_factor",
+    "max_position_embeddings", "tie_word_embeddings", "attention_bias", "mlp_bias", "hidden_act",
+    "use_sliding_window", "sliding_window", "max_window_layers", "layer_types",
+    "cross_attention_layers", "pad_token_id", "eos_token_id", "bos_token_id", "text_config",
+    "vision_config", "image_token_index", "quantization_config", "rope_interleaved",
+}
+# Keys that change no arithmetic of a forward pass: bookkeeping transformers writes
+# (versions, dtypes, names), training-time settings (dropout, init, gradient checkpointing) and
+# generation defaults (sampling lives in rotax.sampling). Besides these, any key starting with
+# "_" (transformers' private bookkeeping such as "_name_or_path", "_attn_implementation") and any
+# "*_token_id(s)" key (token ids only the tokenizer and generation use) is ignored. Every other
+# key is an error: rotax does not guess what an unknown field changes.
+_BOOKKEEPING_KEYS = {
+    "transformers_version", "torch_dtype", "dtype", "use_cache", "initializer_range",
+    "attention_dropout", "dropout", "hidden_dropout", "embd_pdrop", "resid_pdrop", "id2label",
+    "label2id", "num_labels", "problem_type", "tokenizer_class", "output_attentions",
+    "output_hidden_states", "return_dict", "use_return_dict", "torchscript", "pruned_heads",
     "chunk_size_feed_forward", "is_encoder_decoder", "is_decoder", "add_cross_attention",
-    "tie_encoder_decoder", "prefix", "task_specific_params", "finetuning_task",
-    "quantization_config_ignored", "pad_token_id", "eos_token_id", "rope_scaling",
-    "rope_parameters", "rope_theta", "vision_config", "text_config", "image_token_index",
-    "head_dim", "cross_attention_layers", "tie_word_embeddings", "attention_bias", "mlp_bias",
-    "hidden_act", "use_sliding_window", "sliding_window", "max_position_embeddings",
-    "rms_norm_eps", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-    "num_attention_heads", "num_key_value_heads", "partial_rotary_factor", "use_return_dict",
-    "bad_words_ids", "decoder_start_token_id", "sep_token_id", "forced_bos_token_id",
-    "forced_eos_token_id", "remove_invalid_values", "typical_p", "chunk_size",
+    "tie_encoder_decoder", "cross_attention_hidden_size", "prefix", "task_specific_params",
+    "finetuning_task", "tf_legacy_loss", "use_bfloat16", "gradient_checkpointing",
+    "use_flash_attn", "chunk_size", "architectures_note", "model_name", "name_or_path",
+    # generation defaults (transformers 4.x wrote them into every config)
+    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups",
+    "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty",
+    "length_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids",
+    "num_return_sequences", "output_scores", "return_dict_in_generate", "remove_invalid_values",
+    "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
+    "forced_bos_token_id", "forced_eos_token_id", "decoder_start_token_id", "sep_token_id",
+    "output_router_logits", "is_llama_config", "transformers.js_config",
+    # Llama's tensor-parallel degree at pre-training: transformers 4.x split its matmuls into
+    # that many slices and summed them, the same product
+    "pretraining_tp",
 }
 _SUPPORTED_ROPE_TYPES = ("default", "llama3")
 
@@ -154,17 +173,28 @@ def _architecture(hf: dict) -> str:
         f"field 'model_type' = {model_type!r}: rotax supports {sorted(MODEL_TYPES)}")
 
 
+def _is_bookkeeping(key: str) -> bool:
+    return (key in _BOOKKEEPING_KEYS or key.startswith("_") or key.endswith("_token_id")
+            or key.endswith("_token_ids"))
+
+
 def _check_keys(text: dict, architecture: str) -> None:
-    unknown = sorted(k for k in text if k not in _IGNORED_KEYS)
+    unknown = sorted(k for k in text if k not in _PARSED_KEYS and not _is_bookkeeping(k))
     if unknown:
+        shown = ", ".join(f"{k!r} = {text[k]!r}" for k in unknown)
         raise UnsupportedConfigError(
-            f"unknown config field(s) {unknown} for architecture {architecture!r}; rotax does not "
+            f"unknown config field(s) {shown} for architecture {architecture!r}; rotax does not "
             "know what they change, so it refuses to guess")
+    if text.get("quantization_config"):
+        method = (text["quantization_config"] or {}).get("quant_method", "?")
+        raise UnsupportedConfigError(
+            f"field 'quantization_config' = {{'quant_method': {method!r}, ...}}: rotax loads "
+            "unquantized float weights; dequantize first (a GGUF file: rotax import-gguf)")
     hidden_act = text.get("hidden_act", "silu")
     if hidden_act != "silu":
         raise UnsupportedConfigError(f"field 'hidden_act' = {hidden_act!r}: only 'silu' is supported")
     if text.get("mlp_bias"):
-        raise UnsupportedConfigError("field 'mlp_bias' = True: MLP biases are not supported")
+        raise UnsupportedConfigError(f"field 'mlp_bias' = {text['mlp_bias']!r}: MLP biases are not supported")
     if text.get("use_sliding_window"):
         raise UnsupportedConfigError(
             f"field 'use_sliding_window' = True (sliding_window={text.get('sliding_window')}): "
@@ -173,8 +203,13 @@ def _check_keys(text: dict, architecture: str) -> None:
         raise UnsupportedConfigError(
             f"field 'sliding_window' = {text['sliding_window']}: sliding-window attention is not supported")
     layer_types = text.get("layer_types")
-    if layer_types and any(t != "full_attention" for t in layer_types) and text.get("use_sliding_window"):
+    if layer_types and any(t != "full_attention" for t in layer_types) and (
+            architecture != "qwen2" or text.get("use_sliding_window")):
         raise UnsupportedConfigError(f"field 'layer_types' = {layer_types}: only full attention is supported")
+    if text.get("rope_interleaved"):
+        raise UnsupportedConfigError(
+            f"field 'rope_interleaved' = {text['rope_interleaved']!r}: rotax rotates split halves "
+            "(HF's rotate_half), not interleaved pairs")
     if text.get("partial_rotary_factor", 1.0) != 1.0:
         raise UnsupportedConfigError(
             f"field 'partial_rotary_factor' = {text['partial_rotary_factor']}: only 1.0 is supported")

@@ -17,6 +17,7 @@ from flax import nnx
 from rotax.models import attention
 from rotax.models.config import ModelConfig
 from rotax.models.layers import Embed, Linear, RMSNorm, apply_rope, rope_cos_sin
+from rotax.runtime.sharding import auto_axes_context
 
 def unroll_layers_by_default() -> bool:
     """Whether the sampler's decode step loops over layers in Python: on CPU, where XLA copies
@@ -198,15 +199,16 @@ def apply(cfg: ModelConfig, params: dict, tokens: jax.Array, *, positions=None, 
     Returns logits ``[B, S, V]`` float32 (unless ``return_logits=False``), the final hidden
     state ``[B, S, H]`` and the updated cache.
     """
-    b, s = tokens.shape
-    if positions is None:
-        positions = jnp.broadcast_to(cache_index + jnp.arange(s, dtype=jnp.int32), (b, s))
-    if kv_mask is None:
-        length = s if cache is None else cache.k.shape[2]
-        kv_mask = jnp.ones((b, length), bool)
-    model = nnx.merge(graphdef(cfg), params)
-    hidden, new_cache = model.model(tokens, positions, kv_mask, cache, cache_index)
-    logits = model.logits(hidden) if return_logits else None
+    with auto_axes_context():  # under jax.set_mesh(a jax.make_mesh mesh), too
+        b, s = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(cache_index + jnp.arange(s, dtype=jnp.int32), (b, s))
+        if kv_mask is None:
+            length = s if cache is None else cache.k.shape[2]
+            kv_mask = jnp.ones((b, length), bool)
+        model = nnx.merge(graphdef(cfg), params)
+        hidden, new_cache = model.model(tokens, positions, kv_mask, cache, cache_index)
+        logits = model.logits(hidden) if return_logits else None
     return Output(logits, hidden, new_cache)
 
 

@@ -7,6 +7,7 @@ its mesh axis is replicated instead (tiny test models), never silently padded.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Sequence
 
@@ -66,6 +67,43 @@ def make_mesh(shape: Sequence[int] | None = None, devices=None) -> Mesh:
     return Mesh(device_array, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
 
 
+def canonical_mesh(mesh: Mesh) -> Mesh:
+    """The rotax mesh equivalent to ``mesh``: same devices, axes ``("data", "fsdp", "tensor")``
+    with Auto axis types.
+
+    Accepts any ``jax.sharding.Mesh`` whose axis names are a subset of ``MESH_AXES`` in that
+    order (e.g. ``jax.make_mesh((4, 2), ("fsdp", "tensor"))``; missing axes get size 1) and
+    any axis types: ``jax.make_mesh`` defaults to Explicit, under which XLA refuses rotax's
+    sharded matmuls and chunked loads, so Explicit and Manual axes become Auto (GSPMD
+    propagation). Raises ValueError naming the axes for any other mesh."""
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh (from rotax.make_mesh or jax.make_mesh), "
+                        f"got {type(mesh).__name__}")
+    names = tuple(mesh.axis_names)
+    auto = jax.sharding.AxisType.Auto
+    if names == MESH_AXES and all(t == auto for t in mesh.axis_types):
+        return mesh
+    if len(set(names)) != len(names) or any(n not in MESH_AXES for n in names) or \
+            list(names) != [a for a in MESH_AXES if a in names]:
+        raise ValueError(
+            f"mesh axes {names}: rotax shards over axes {MESH_AXES} (a subset, in that order, is "
+            f"fine); build it with rotax.make_mesh((data, fsdp, tensor)) or "
+            f"jax.make_mesh(shape, {MESH_AXES})")
+    sizes = dict(mesh.shape)
+    devices = np.asarray(mesh.devices).reshape(tuple(sizes.get(a, 1) for a in MESH_AXES))
+    return Mesh(devices, MESH_AXES, axis_types=(auto,) * len(MESH_AXES))
+
+
+def auto_axes_context():
+    """A context manager for rotax's computations: inside ``jax.set_mesh(mesh)`` whose axes are
+    not all Auto (``jax.make_mesh``'s default Explicit), it traces under the equivalent
+    :func:`canonical_mesh` instead, the mesh rotax places parameters on; otherwise a no-op."""
+    ambient = jax.sharding.get_abstract_mesh()
+    if ambient.empty or all(t == jax.sharding.AxisType.Auto for t in ambient.axis_types):
+        return contextlib.nullcontext()
+    return jax.sharding.use_abstract_mesh(canonical_mesh(jax.sharding.get_mesh()).abstract_mesh)
+
+
 def logical_axes(path: Sequence[str], ndim: int) -> tuple[str | None, ...]:
     """Logical axis names of the canonical leaf at ``path`` (e.g. ``("model", "layers",
     "self_attn", "q_proj", "weight")``) with ``ndim`` dimensions."""
@@ -96,6 +134,8 @@ def _spec(axes, shape, mesh: Mesh) -> P:
 def param_shardings(params_or_shapes, mesh: Mesh):
     """A tree of ``NamedSharding`` matching the canonical tree ``params_or_shapes``."""
 
+    mesh = canonical_mesh(mesh)
+
     def leaf(path, x):
         keys = path_keys(path)
         return NamedSharding(mesh, _spec(logical_axes(keys, len(x.shape)), x.shape, mesh))
@@ -105,11 +145,11 @@ def param_shardings(params_or_shapes, mesh: Mesh):
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     """Shards axis 0 (batch) over ``("data", "fsdp")``; other axes replicated."""
-    return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
+    return NamedSharding(canonical_mesh(mesh), P(("data", "fsdp"), *([None] * (ndim - 1))))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
+    return NamedSharding(canonical_mesh(mesh), P())
 
 
 def describe(sharding) -> str:

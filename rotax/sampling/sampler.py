@@ -40,7 +40,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from rotax.sampling import penalties
 from rotax.models.decode_step import HeadMajorCache, decode_step, unroll_layers_by_default
 from rotax.runtime.host import to_global, to_host
-from rotax.runtime.sharding import batch_sharding
+from rotax.runtime.sharding import batch_sharding, canonical_mesh
 from rotax.models import decoder
 from rotax.models.config import ModelConfig
 
@@ -312,6 +312,7 @@ def sample(cfg: ModelConfig, params, tokens, mask, key, options: SamplingOptions
     holds a second copy of the layer weights. Returns a :class:`SampleOutput` of device arrays.
     """
     row_ids = np.arange(np.shape(tokens)[0]) if row_ids is None else np.asarray(row_ids)
+    mesh = None if mesh is None else canonical_mesh(mesh)
     if mesh is None:
         tokens, mask = jnp.asarray(tokens, jnp.int32), jnp.asarray(mask, bool)
         keys = row_keys(key, row_ids)
@@ -339,6 +340,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], key,
     row_ids = list(range(len(prompts))) if row_ids is None else list(row_ids)
     batch_size = batch_size or len(prompts)
     if mesh is not None:
+        mesh = canonical_mesh(mesh)
         shards = mesh.shape["data"] * mesh.shape["fsdp"]
         batch_size = math.ceil(batch_size / shards) * shards
     results: list[Generation] = []

@@ -22,6 +22,7 @@ from rotax.runtime.host import check_same_on_every_process, to_global, to_host
 from rotax.runtime.metrics import RunLogger, tokens_per_second
 from rotax.models.decoder import param_shapes
 from rotax.runtime.run_config import config_to_dict, mesh_from_config, write_resolved_config
+from rotax.runtime.sharding import canonical_mesh
 from rotax.sft.step import make_eval_loss, make_train_step, prepare_batch, train_batch_shardings
 from rotax.sft.data import Batch
 from rotax.training.train_state import (NonFiniteLossError, abstract_train_state,
@@ -73,7 +74,7 @@ def train(config, model_cfg, params, source: Callable[[int, int], Batch], *, mes
     """
     sft = config[section]
     run_dir = str(run_dir or config.run_dir)
-    mesh = mesh or mesh_from_config(config)
+    mesh = canonical_mesh(mesh or mesh_from_config(config))
     if sft.batch_size % sft.grad_accum_steps:
         raise ValueError(f"{section}.batch_size={sft.batch_size} does not divide into "
                          f"{section}.grad_accum_steps={sft.grad_accum_steps} micro-batches")

@@ -159,7 +159,7 @@ def loss_and_grads(model_cfg: ModelConfig, params, batch: TrainBatch):
 def micro_batch_sharding(mesh: Mesh) -> NamedSharding:
     """Sharding of ``[A, b, ...]`` arrays: micro-batch rows split like
     :func:`rotax.runtime.sharding.batch_sharding` (over ``data`` × ``fsdp``), other axes replicated."""
-    return NamedSharding(mesh, P(None, *sharding_lib.batch_sharding(mesh, 2).spec))
+    return NamedSharding(sharding_lib.canonical_mesh(mesh), P(None, *sharding_lib.batch_sharding(mesh, 2).spec))
 
 
 def train_batch_shardings(mesh: Mesh) -> TrainBatch:
@@ -177,7 +177,7 @@ def make_train_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformat
     update), answer_tokens, tokens (non-padding). ``state`` is donated. ``compiler_options``
     are XLA options for this jit (e.g. ``{"xla_backend_optimization_level": 0}`` compiles
     several times faster on CPU; tests use it)."""
-    replicated = NamedSharding(mesh, P())
+    replicated = sharding_lib.replicated(mesh)
 
     def step(state: TrainState, batch: TrainBatch):
         loss, grads, count = loss_and_grads(model_cfg, state.params, batch)

@@ -93,11 +93,21 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def apply_preset(config) -> None:
-    """Shrinks a toy config for ``study.preset == "smoke"`` (every stage, ~2 minutes)."""
+    """Shrinks any study config for ``study.preset == "smoke"``: every stage runs, at a tiny
+    scale. The toy (a config with a ``pretrain`` section: rotax pre-trains its base) runs in
+    ~2 minutes; a real model (``model.path``) gets a handful of steps, episodes and hands with
+    short answers, so a 135M model finishes on a 2-core CPU (README: "On a real model")."""
     if config.study.preset in ("", None):
         return
     if config.study.preset != "smoke":
         raise ValueError(f"study.preset {config.study.preset!r}: choose '' or 'smoke'")
+    if "pretrain" in config:
+        _smoke_toy(config)
+    else:
+        _smoke_real_model(config)
+
+
+def _smoke_toy(config) -> None:
     s = config.study
     s.eval_hands, s.reset_hands, s.probe_hands, s.eval_seeds = 32, 64, 32, (0,)
     # two attempts (not the toy's one) so the smoke run also exercises revision episodes
@@ -109,6 +119,20 @@ def apply_preset(config) -> None:
     config.sft.num_steps, config.sft.checkpoint_every, config.sft.eval_every = 40, 20, 20
     config.ppo.num_updates, config.ppo.checkpoint_every = 2, 2
     config.ppo.episodes_per_update, config.ppo.attempts = 16, 2
+
+
+def _smoke_real_model(config) -> None:
+    s = config.study
+    s.eval_hands, s.reset_hands, s.probe_hands, s.eval_seeds = 4, 4, 4, (0,)
+    s.attempts, s.max_new_tokens, s.eval_batch_size, s.sft_pool_hands = 1, 48, 4, 8
+    s.ppo_starts, s.ppo_seeds = ("end",), 1
+    s.autoselect_layers, s.autoselect_ranks, s.null_seeds = ("last 25%",), (0.2,), 1
+    config.sft.update(dict(num_steps=2, batch_size=2, grad_accum_steps=1, checkpoint_every=1,
+                           checkpoint_steps=(), eval_every=2, eval_hands=4, eval_batch_size=4,
+                           probe_every=0, warmup_steps=0))
+    config.ppo.update(dict(num_updates=1, checkpoint_every=1, eval_every=1, episodes_per_update=2,
+                           attempts=1, minibatch_size=2, microbatch_size=2, rollout_batch_size=2,
+                           max_new_tokens=48, eval_hands=4, eval_batch_size=4))
 
 
 def _stage_file(run_dir: Path, stage: str) -> Path:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from rotax.runtime import sharding as sharding_lib
 from rotax.runtime.host import to_host
@@ -141,7 +141,7 @@ def init_train_state(params, optimizer: optax.GradientTransformation, seed: int,
 def state_shardings(abstract_state: TrainState, mesh: Mesh) -> TrainState:
     """A ``TrainState`` of ``NamedSharding``: params and optimizer moments by the canonical
     logical-axis rules (the moments' paths end in the parameter names), scalars replicated."""
-    replicated = NamedSharding(mesh, P())
+    replicated = sharding_lib.replicated(mesh)
     return TrainState(step=replicated,
                       params=sharding_lib.param_shardings(abstract_state.params, mesh),
                       opt_state=sharding_lib.param_shardings(abstract_state.opt_state, mesh),

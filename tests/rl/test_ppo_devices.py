@@ -1,4 +1,5 @@
-"""8 simulated devices (a 2x2x2 data/fsdp/tensor mesh) match 1 device for whole PPO updates."""
+"""8 simulated devices (a 2x2x2 data/fsdp/tensor mesh, from rotax.make_mesh and from jax.make_mesh)
+match 1 device for whole PPO updates."""
 
 import json
 import os
@@ -15,7 +16,7 @@ def test_eight_devices_match_one(tmp_path):
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    for mesh in ("2x2x2",):
+    for mesh in ("2x2x2", "explicit 2x2x2"):  # rotax.make_mesh and jax.make_mesh (Explicit axes)
         r = result[mesh]
         assert r["devices_holding_q"] == 8, r  # the weights really are spread over the devices
         assert r["metric_diff"]["train/reward_mean"] == 0.0, r  # same samples, same rewards

@@ -43,3 +43,30 @@ def test_sharded_logits_match_single_device(tmp_path):
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "mesh (1, 4, 2)" in proc.stdout and "mesh (1, 8, 1)" in proc.stdout
+
+
+def test_any_jax_mesh_on_eight_devices(tmp_path):
+    """jax.make_mesh meshes (Explicit axis types, Auto, a subset of the axis names) through load,
+    forward (also under jax.set_mesh), sampler, SFT, reset and analysis; a foreign axis name is
+    refused naming the axes. Numbers are compared with 1 device inside the subprocess."""
+    path = hf_fixtures.llama(tmp_path / "llama", tied=False)
+    env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu",
+               OMP_WAIT_POLICY="PASSIVE")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "tests.support.any_mesh_check", str(path), str(tmp_path / "runs")],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    for name in ("explicit 1x4x2", "auto 2x2x2", "explicit fsdp,tensor 4x2"):
+        assert f"{name}: forward" in proc.stdout, proc.stdout
+    assert "refused: mesh axes ('x',)" in proc.stdout and "all meshes ok" in proc.stdout
+
+
+def test_canonical_mesh_keeps_devices_and_makes_axes_auto():
+    mesh = jax.make_mesh((1,), ("fsdp",))  # Explicit by default
+    canonical = sharding.canonical_mesh(mesh)
+    assert canonical.axis_names == sharding.MESH_AXES
+    assert canonical.shape == {"data": 1, "fsdp": 1, "tensor": 1}
+    assert all(t == jax.sharding.AxisType.Auto for t in canonical.axis_types)
+    assert canonical == sharding.make_mesh((1, 1, 1))
+    with pytest.raises(ValueError, match=r"mesh axes \('tensor', 'data'\).*in that order"):
+        sharding.canonical_mesh(jax.make_mesh((1, 1), ("tensor", "data")))

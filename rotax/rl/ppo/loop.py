@@ -31,6 +31,7 @@ from rotax.runtime.host import check_same_on_every_process, to_global, to_host
 from rotax.runtime.metrics import RunLogger, tokens_per_second
 from rotax.rl.rollout import Environment, Rollout, build_buffer, buffer_rows
 from rotax.runtime.run_config import config_to_dict, mesh_from_config, write_resolved_config
+from rotax.runtime.sharding import canonical_mesh
 from rotax.training.train_state import NonFiniteLossError, init_train_state
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def train(config, model_cfg, init_policy, env: Environment, *, mesh=None, resume
     is restored.
     """
     cfg_ppo = config.ppo
-    mesh = mesh or mesh_from_config(config)
+    mesh = canonical_mesh(mesh or mesh_from_config(config))
     settings = ppo_lib.UpdateSettings.from_config(cfg_ppo)
     split = mesh.shape["data"] * mesh.shape["fsdp"]
     if settings.microbatch_size % split:

@@ -18,7 +18,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from rotax.rl import advantages as advantages_lib
 from rotax.models.config import ModelConfig
@@ -28,6 +28,7 @@ from rotax.rl.ppo.state import learning_rate_schedule, make_optimizer, state_sha
 from rotax.rl.rollout import RolloutBuffer
 from rotax.training.train_state import TrainState
 from rotax.rl.ppo.config import OptimizerSettings, UpdateSettings
+from rotax.runtime import sharding as sharding_lib
 
 
 
@@ -80,7 +81,7 @@ def make_update_fn(cfg: ModelConfig, settings: UpdateSettings, opt: OptimizerSet
     micro, mb = s.microbatch_size, s.minibatch_size
     optimizer, schedule = make_optimizer(opt), learning_rate_schedule(opt)
     shardings = state_shardings(cfg, opt, mesh)
-    replicated = NamedSharding(mesh, P())
+    replicated = sharding_lib.replicated(mesh)
     rows2 = rows_sharding(mesh, 2)
 
     def micro_loss(params, xs, row_count, token_count):
