@@ -73,12 +73,14 @@ class StudyContext:
         return restore_params(self.ppo_checkpoint(run), self.abstract_params(), subtree=("policy",))
 
     def evaluate(self, params, rule, *, n: int, seeds, seed_offset: int = 0) -> dict:
-        """Accuracy pooled over ``seeds`` (each a fresh seeded hand set of ``n`` hands)."""
+        """Accuracy pooled over ``seeds`` (each a fresh seeded hand set of ``n`` hands; the
+        per-hand ``outcomes`` run seed by seed, ``groups`` holds the hands per seed)."""
         s = self.config.study
         hands = [h for seed in seeds for h in study_hands(rule, 1000 + seed_offset + seed, n, self.ranks)]
-        return evaluate_accuracy(self.model_cfg, params, self.tokenizer, self.renderer, hands, rule,
-                                 attempts=s.attempts, max_new_tokens=s.max_new_tokens,
-                                 batch_size=s.eval_batch_size, seed=seed_offset)
+        result = evaluate_accuracy(self.model_cfg, params, self.tokenizer, self.renderer, hands, rule,
+                                   attempts=s.attempts, max_new_tokens=s.max_new_tokens,
+                                   batch_size=s.eval_batch_size, seed=seed_offset)
+        return {**result, "groups": [n] * len(seeds)}
 
     def evaluate_id_ood(self, params, *, n: int, seeds, seed_offset: int = 0) -> dict:
         return {"id": self.evaluate(params, Rule.ID, n=n, seeds=seeds, seed_offset=seed_offset),

@@ -41,9 +41,12 @@ def run(ctx: StudyContext, outputs: dict) -> dict:
     s, sft = ctx.config.study, outputs["sft"]
     runs = []
     for label, step in resolve_starts(s.ppo_starts, sft):
+        # the start's own test-hand accuracy, which PPO's recovery is measured from (the reset
+        # grid measures the peak and the end on the same hands already)
+        start_test = None if step in (sft["peak_step"], sft["end_step"]) else ctx.evaluate_test(ctx.sft_params(step))
         for seed in range(s.ppo_seeds):
             run_label = label if s.ppo_seeds == 1 else f"{label}_seed{seed}"
-            runs.append(_train_one(ctx, run_label, label, step, seed))
+            runs.append({**_train_one(ctx, run_label, label, step, seed), "start_test": start_test})
     return {"runs": runs}
 
 

@@ -51,21 +51,27 @@ def build_summary(ctx, outputs: dict) -> dict:
     # peak and end on the same test hands when the reset stage measured them
     peak_ood, end_ood = (peak_row or peak)["ood"]["mean"], (end_row or end)["ood"]["mean"]
 
-    def row(name, kind, acc_id, acc_ood, detail="", seconds=None):
-        # a recovered share is about edits and PPO, not about the base or the SFT curve rows
-        recovered = None if kind in ("base", "sft") else recovered_fraction(None, peak_ood, end_ood, acc_ood["mean"])
+    def row(name, kind, acc_id, acc_ood, detail="", seconds=None, lost_from=None):
+        # a recovered share is about edits and PPO, not about the base or the SFT rows; PPO's is
+        # measured from its own start checkpoint (``lost_from``), an edit's from the SFT end
+        start = end_ood if lost_from is None else lost_from
+        recovered = None if kind in ("base", "sft", "peak", "target") else \
+            recovered_fraction(None, peak_ood, start, acc_ood["mean"])
         return {"name": name, "kind": kind, "id": _cell(acc_id), "ood": _cell(acc_ood),
                 "recovered": recovered,
                 "seconds": seconds, "detail": detail}
 
-    table = [row("base", "base", base_eval["id"], base_eval["ood"], f"{ctx.config.study.eval_hands} hands"),
-             row(f"SFT peak-OOD (step {sft['peak_step']})", "sft", peak["id"], peak["ood"],
-                 f"{ctx.config.study.eval_hands} hands"),
-             row(f"SFT end (step {sft['end_step']})", "sft", end["id"], end["ood"],
-                 f"{ctx.config.study.eval_hands} hands")]
+    table = [row("base", "base", base_eval["id"], base_eval["ood"], f"{ctx.config.study.eval_hands} hands")]
+    if not (peak_row and end_row):  # without the reset grid's test-hand rows: the curve's
+        table += [row(f"SFT peak-OOD (step {sft['peak_step']})", "sft", peak["id"], peak["ood"],
+                      f"{ctx.config.study.eval_hands} curve hands"),
+                  row(f"SFT end (step {sft['end_step']})", "sft", end["id"], end["ood"],
+                      f"{ctx.config.study.eval_hands} curve hands")]
+    starts = {sft["peak_step"]: peak_ood, sft["end_step"]: end_ood}
     for run in outputs.get("ppo", {}).get("runs", []):
+        start = (run.get("start_test") or {}).get("ood", {}).get("mean", starts.get(run["start_step"]))
         table.append(row(f"PPO from {run['label']}", "ppo", run["final"]["id"], run["final"]["ood"],
-                         run.get("detail", ""), run.get("seconds")))
+                         run.get("detail", ""), run.get("seconds"), lost_from=start))
     for r in resets_out.get("rows", []):
         table.append(row(r["name"], r["kind"], r["id"], r["ood"], r["detail"], r["seconds"]))
     if auto:
