@@ -176,6 +176,48 @@ def reset_claim(id_, claim, row: dict | None, end: dict, peak: dict, lost: bool)
                   f"the {RESET_LEVEL:.0%} level.")
 
 
+CONTROL_CLAIMS = {
+    # id: (claim, sign: +1 when the claim says the control is above PPO)
+    "continued_sft": ("control_continued_sft", "PPO restores more OOD accuracy than continued SFT on fresh ID "
+                      "hands at PPO's learning rate and sample count", -1),
+    "ppo_kl_base": ("control_ppo_kl_base", "PPO with a KL penalty to the base keeps more OOD accuracy than "
+                    "plain PPO", +1),
+    "ppo_shuffled": ("control_ppo_shuffled", "PPO's OOD change comes from the reward (PPO on shuffled rewards "
+                     "ends lower)", -1),
+}
+
+
+def control_claims(outputs: dict, sft: dict, grid: dict, peak: dict) -> list[dict]:
+    """One claim per control: the paired OOD difference between the control and PPO (seed 0)
+    from the same start on the same test hands, signed so that > 0 supports the claim."""
+    runs = outputs.get("ppo", {}).get("runs", [])
+    out = []
+    for c in outputs.get("ppo", {}).get("controls", []):
+        id_, claim, sign = CONTROL_CLAIMS[c["control"]]
+        ppo = next((r for r in runs if r["start_step"] == c["start_step"] and r.get("seed", 0) == 0), None)
+        start = _start_accuracy(c, sft, grid)
+        if ppo is None or start is None:
+            out.append(_claim(id_, claim, "not tested", math.nan, [math.nan] * 2, "OOD points",
+                              f"no PPO run from {c['start']} to compare with."))
+            continue
+        first, second = (c, ppo) if sign > 0 else (ppo, c)
+        diff, interval = paired_change(first["final"]["ood"], second["final"]["ood"])
+        verdict = ("not tested" if math.isnan(diff) else "supported" if interval[0] > 0
+                   else "not supported" if interval[1] < 0 else "mixed")
+        own, own_interval = paired_change(c["final"]["ood"], start["ood"])
+        ppo_gain, ppo_interval = paired_change(ppo["final"]["ood"], start["ood"])
+        share = recovered(c["final"]["ood"], start["ood"], peak["ood"])
+        out.append(_claim(id_, claim, verdict, diff, interval,
+                          "OOD accuracy difference (share of hands), > 0 supports the claim",
+                          f"from {c['start']} (step {c['start_step']}): {c['name']} OOD "
+                          f"{_pct(c['final']['ood']['mean'])} ({_points(own_interval)} vs its start; recovered "
+                          f"{_pct(share['estimate'])} [{_pct(share['interval'][0])}, {_pct(share['interval'][1])}] "
+                          f"of the peak → start loss), ID {_pct(c['final']['id']['mean'])}; PPO "
+                          f"{_pct(ppo['final']['ood']['mean'])} ({_points(ppo_interval)} vs its start); "
+                          f"difference {_points(interval)} (paired 95%)."))
+    return out
+
+
 def sigma_only_claim(row: dict | None, end: dict) -> dict | None:
     if row is None:
         return None
@@ -251,9 +293,10 @@ def _find(rows: list[dict], prefix: str) -> dict | None:
     return next((r for r in rows if r["name"].startswith(prefix)), None)
 
 
-def claims(ctx, outputs: dict, table: list, advantage_groups: dict | None = None) -> list[dict]:
-    """The claims from the stage outputs (test-hand rows of the reset grid, PPO runs, the
-    analysis metrics) and the PPO runs' advantage histories."""
+def claims(ctx, outputs: dict, table: list, advantage_groups: dict | None = None, *,
+           spectra: bool = True) -> list[dict]:
+    """The claims of one SFT seed from its stage outputs (test-hand rows of the reset grid, PPO
+    runs, the analysis metrics when ``spectra``) and the PPO runs' advantage histories."""
     sft = outputs["sft"]
     grid_rows = outputs.get("resets", {}).get("rows", [])
     grid = {r["name"]: r for r in grid_rows}
@@ -264,6 +307,7 @@ def claims(ctx, outputs: dict, table: list, advantage_groups: dict | None = None
     out = [forgetting_claim(sft, peak, end, outputs.get("base", {}).get("eval"))]
     lost = (out[0]["interval"][0] or 0) > 0
     out.append(ppo_claim(outputs, sft, grid, peak, lost))
+    out += control_claims(outputs, sft, grid, peak)
     shapes = first_update_summary(advantage_groups or {})
     if shapes:
         def shape(s):
@@ -275,7 +319,7 @@ def claims(ctx, outputs: dict, table: list, advantage_groups: dict | None = None
                           "first update, seed means: " + "; ".join(f"from {start}: {shape(s)}"
                                                                    for start, s in shapes.items())
                           + ". Compare with the PPO rows; the figure shows every update."))
-    spectral = spectral_claim(ctx.run_dir, sft)
+    spectral = spectral_claim(ctx.run_dir, sft) if spectra else None
     if spectral:
         out.append(spectral)
     for id_, prefix, claim in (

@@ -59,8 +59,12 @@ class StudyContext:
         cfg, params, _ = base_model.load_base(with_path(self.config.model, self.base_dir), self.mesh, self.run_dir)
         return params
 
-    def sft_params(self, step: int):
-        return restore_params(CheckpointStore(self.run_dir / "sft", "sft").path(step), self.abstract_params())
+    def sft_dir(self, sft_seed: int = 0) -> Path:
+        """SFT seed 0 (data order ``config.seed``) trains in ``sft/``, seed ``i`` in ``sft_seed{i}/``."""
+        return self.run_dir / ("sft" if sft_seed == 0 else f"sft_seed{sft_seed}")
+
+    def sft_params(self, step: int, sft_seed: int = 0):
+        return restore_params(CheckpointStore(self.sft_dir(sft_seed), "sft").path(step), self.abstract_params())
 
     def ppo_checkpoint(self, run: dict) -> Path:
         """The final checkpoint of a PPO run (its Orbax state; the HF export is output only).

@@ -46,9 +46,13 @@ def test_artifacts_exist(smoke_run):
     assert sft["peak_step"] in sft["checkpoints"] and sft["end_step"] == max(sft["checkpoints"])
 
 
+def _seed0_grid(run_dir):
+    return {r["name"]: r for r in _stage(run_dir, "resets")["rows"] if r.get("sft_seed", 0) == 0}
+
+
 def test_reset_with_k0_reproduces_the_target(smoke_run):
     run_dir, _, _ = smoke_run
-    rows = {r["name"]: r for r in _stage(run_dir, "resets")["rows"]}
+    rows = _seed0_grid(run_dir)
     target, identity = rows["SFT end (no reset)"], rows["reset k=0 (identity check)"]
     assert identity["id"] == target["id"] and identity["ood"] == target["ood"]
 
@@ -56,9 +60,11 @@ def test_reset_with_k0_reproduces_the_target(smoke_run):
 def test_report_table_equals_stage_outputs(smoke_run):
     run_dir, _, _ = smoke_run
     summary = json.loads((run_dir / "summary.json").read_text())
-    table = {r["name"]: r for r in summary["table"]}
+    # SFT seed 0's own table (the headline averages over the smoke preset's two SFT seeds)
+    assert [t["sft_seed"] for t in summary["seed_tables"]] == [0, 1]
+    table = {r["name"]: r for r in summary["seed_tables"][0]["table"]}
     sft = _stage(run_dir, "sft")
-    grid = {r["name"]: r for r in _stage(run_dir, "resets")["rows"]}
+    grid = _seed0_grid(run_dir)
     # the SFT rows come from the test hands (the grid), not the curve hands the peak was picked on
     assert f"SFT peak-OOD (step {sft['peak_step']})" not in table
     # "recovered" compares peak and end on the same test hands (the reset stage's rows)
@@ -71,6 +77,8 @@ def test_report_table_equals_stage_outputs(smoke_run):
         assert table[row["name"]]["recovered"] == expected
     starts = {sft["peak_step"]: peak_ood, sft["end_step"]: end_ood}
     for run in _stage(run_dir, "ppo")["runs"]:
+        if run["sft_seed"]:
+            continue
         row = table[f"PPO from {run['label']}"]
         assert row["ood"]["mean"] == run["final"]["ood"]["mean"]
         # PPO's recovery is measured from its own start checkpoint
@@ -80,6 +88,14 @@ def test_report_table_equals_stage_outputs(smoke_run):
     for row in summary["table"]:
         assert row["name"] in markdown
         assert f"{100 * row['ood']['mean']:.1f}" in markdown
+    # the headline row is the mean of the seeds' rows
+    seed1 = {r["name"]: r for r in summary["seed_tables"][1]["table"]}
+    for row in summary["table"]:
+        if row["name"] in seed1 and row["name"] in table:
+            assert row["ood"]["mean"] == pytest.approx((table[row["name"]]["ood"]["mean"]
+                                                        + seed1[row["name"]]["ood"]["mean"]) / 2)
+    assert [c["sft_seed"] for c in summary["sft_curves"]] == [0, 1]
+    assert sft["seeds"][1]["curve"] and (run_dir / "sft_seed1").is_dir()
 
 
 def test_forced_stages_are_set_aside_not_deleted(tmp_path):
@@ -112,13 +128,18 @@ def test_claims_carry_ids_intervals_and_verdicts_that_follow_from_them(smoke_run
 
     run_dir, _, _ = smoke_run
     summary = json.loads((run_dir / "summary.json").read_text())
-    claims = {c["id"]: c for c in summary["claims"]}
+    merged = {c["id"]: c for c in summary["claims"]}
+    # SFT seed 0's claim (the merged claim's estimate is the mean over the SFT seeds)
+    claims = {i: {**c, **next(p for p in c["per_seed"] if p["sft_seed"] == 0)} for i, c in merged.items()}
+    for c in merged.values():
+        verdicts = {p["verdict"] for p in c["per_seed"]}
+        assert c["verdict"] == (verdicts.pop() if len(verdicts) == 1 else "mixed") or c["verdict"] == "reported"
     assert {"sft_forgetting", "ppo_restores", "uv_merge_recovers", "layer_reset_recovers",
             "sigma_only_null", "autoselect", "sigma_stable"} <= set(claims)
     for c in claims.values():
         assert {"claim", "verdict", "estimate", "interval", "unit", "evidence"} <= set(c)
         assert len(c["interval"]) == 2
-    grid = {r["name"]: r for r in _stage(run_dir, "resets")["rows"]}
+    grid = _seed0_grid(run_dir)
     peak, end = grid["SFT peak-OOD (no reset)"], grid["SFT end (no reset)"]
     outcome = {name: {s: decode_outcomes(r[s]["outcomes"]) for s in ("id", "ood")} for name, r in grid.items()}
     # the forgetting estimate is the paired OOD difference on the same test hands
