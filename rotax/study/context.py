@@ -69,7 +69,7 @@ class StudyContext:
     def ppo_checkpoint(self, run: dict) -> Path:
         """The final checkpoint of a PPO run (its Orbax state; the HF export is output only).
         A run directory that moved is looked up under this study's ``ppo/<label>`` first."""
-        local = self.run_dir / "ppo" / run["label"]
+        local = self.run_dir / run.get("rel_dir", f"ppo/{run['label']}")
         return latest_checkpoint(local if local.is_dir() else run["run_dir"], "ppo")
 
     def load_ppo_params(self, run: dict):

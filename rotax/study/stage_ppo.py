@@ -102,7 +102,8 @@ def _train_one(ctx: StudyContext, run_label: str, start: str, step: int, seed: i
     change it into a control."""
     config = copy.deepcopy(ctx.config if config is None else config)
     config.seed = ctx.config.seed + 100 * seed
-    run_dir = ctx.run_dir / subdir / (run_label if sft_seed == 0 else f"sft_seed{sft_seed}/{run_label}")
+    rel_dir = f"{subdir}/{run_label}" if sft_seed == 0 else f"{subdir}/sft_seed{sft_seed}/{run_label}"
+    run_dir = ctx.run_dir / rel_dir
     config.run_dir = str(run_dir)
     curve, hook = tracked_curve(ctx, run_dir / "curve.jsonl")
 
@@ -116,7 +117,7 @@ def _train_one(ctx: StudyContext, run_label: str, start: str, step: int, seed: i
     export_hf_checkpoint(ctx.model_cfg, policy, run_dir / "final_hf", source=ctx.base_dir)  # gathers per tensor
     final = ctx.evaluate_test(policy)
     return {"label": run_label, "start": start, "start_step": step, "seed": seed, "sft_seed": sft_seed,
-            "curve": curve, "final": final, "run_dir": str(run_dir),
+            "curve": curve, "final": final, "run_dir": str(run_dir), "rel_dir": rel_dir,
             "policy_dir": str(run_dir / "final_hf"), "updates": result.updates,
             "detail": f"{result.updates} updates from SFT step {step}"
                       + (f" (SFT seed {sft_seed})" if sft_seed else "")}
