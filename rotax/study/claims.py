@@ -278,7 +278,12 @@ def spectral_claim(run_dir: Path, sft: dict) -> dict | None:
     modules: dict[str, list] = {}
     for r in base_rows:
         modules.setdefault(r["module"], []).append(r)
-    per_module = ", ".join(f"{m} {_ratio_to_null(rs, 'chordal_norm_u')[0]:.2f}" for m, rs in sorted(modules.items()))
+    def module_ratio(rs, metric):
+        r, (lo, hi) = _ratio_to_null(rs, metric)
+        return f"{r:.2f} [{lo:.2f}, {hi:.2f}]"
+
+    per_module = ", ".join(f"{m}: rotation {module_ratio(rs, 'chordal_norm_u')}, Σ drift {module_ratio(rs, 'sigma_drift')}"
+                           for m, rs in sorted(modules.items()))
     return _claim("sigma_stable", "Singular values barely move while singular vectors rotate", verdict,
                   rot, rot_interval, "top-k rotation (chordal, U) / matched-norm null, mean over matrices",
                   f"SFT end vs base: mean Σ drift {_pct(mean_drift)} ({drift:.2f}× its null "
