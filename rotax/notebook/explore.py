@@ -260,6 +260,8 @@ def open_run(run_dir, *, out_dir=None) -> Explorer:
     for step in (sft or {}).get("checkpoints", []):
         models[f"sft_{step}"] = lambda step=step: ctx.sft_params(step)
     for run in stages.get("ppo", {}).get("runs", []):
+        if run.get("sft_seed"):
+            continue  # SFT seed 0's checkpoints and PPO runs (the ones the spectra are of)
         models[f"ppo_{run['label']}"] = lambda run=run: ctx.load_ppo_params(run)
     if sft:
         reference = "base" if config.study.reset_reference == "base" else f"sft_{sft['peak_step']}"

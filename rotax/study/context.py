@@ -60,13 +60,17 @@ class StudyContext:
         cfg, params, _ = base_model.load_base(with_path(self.config.model, self.base_dir), self.mesh, self.run_dir)
         return params
 
-    def sft_params(self, step: int):
-        return restore_params(CheckpointStore(self.run_dir / "sft", "sft").path(step), self.abstract_params())
+    def sft_dir(self, sft_seed: int = 0) -> Path:
+        """SFT seed 0 (data order ``config.seed``) trains in ``sft/``, seed ``i`` in ``sft_seed{i}/``."""
+        return self.run_dir / ("sft" if sft_seed == 0 else f"sft_seed{sft_seed}")
+
+    def sft_params(self, step: int, sft_seed: int = 0):
+        return restore_params(CheckpointStore(self.sft_dir(sft_seed), "sft").path(step), self.abstract_params())
 
     def ppo_checkpoint(self, run: dict) -> Path:
         """The final checkpoint of a PPO run (its Orbax state; the HF export is output only).
         A run directory that moved is looked up under this study's ``ppo/<label>`` first."""
-        local = self.run_dir / "ppo" / run["label"]
+        local = self.run_dir / run.get("rel_dir", f"ppo/{run['label']}")
         return latest_checkpoint(local if local.is_dir() else run["run_dir"], "ppo")
 
     def load_ppo_params(self, run: dict):
@@ -74,13 +78,15 @@ class StudyContext:
         return restore_params(self.ppo_checkpoint(run), self.abstract_params(), subtree=("policy",))
 
     def evaluate(self, params, rule, *, n: int, seeds, seed_offset: int = 0) -> dict:
-        """Accuracy pooled over ``seeds`` (each a fresh seeded hand set of ``n`` hands)."""
+        """Accuracy pooled over ``seeds`` (each a fresh seeded hand set of ``n`` hands; the
+        per-hand ``outcomes`` run seed by seed, ``groups`` holds the hands per seed)."""
         s = self.config.study
         hands = [h for seed in seeds for h in study_hands(rule, 1000 + seed_offset + seed, n, self.ranks)]
-        return evaluate_accuracy(self.model_cfg, params, self.tokenizer, self.renderer, hands, rule,
-                                 attempts=s.attempts, max_new_tokens=s.max_new_tokens,
-                                 batch_size=s.eval_batch_size, seed=seed_offset,
-                                 options=evaluation_options(s))
+        result = evaluate_accuracy(self.model_cfg, params, self.tokenizer, self.renderer, hands, rule,
+                                   attempts=s.attempts, max_new_tokens=s.max_new_tokens,
+                                   batch_size=s.eval_batch_size, seed=seed_offset,
+                                   options=evaluation_options(s))
+        return {**result, "groups": [n] * len(seeds)}
 
     def evaluate_id_ood(self, params, *, n: int, seeds, seed_offset: int = 0) -> dict:
         return {"id": self.evaluate(params, Rule.ID, n=n, seeds=seeds, seed_offset=seed_offset),

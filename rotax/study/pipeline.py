@@ -29,7 +29,9 @@ from rotax.study.resume import check_resumable
 log = logging.getLogger(__name__)
 
 # what each stage writes and would resume from, relative to the run directory
-STAGE_DIRS = {"base": ("base_init", "pretrain", "base"), "sft": ("sft",), "ppo": ("ppo",),
+# (SFT seed i > 0 trains in sft_seed{i}; seeds beyond 16 are not set aside by --force)
+STAGE_DIRS = {"base": ("base_init", "pretrain", "base"), "sft": ("sft", *(f"sft_seed{i}" for i in range(1, 17))),
+              "ppo": ("ppo", "controls"),
               "analysis": ("analysis",)}
 
 
@@ -42,7 +44,10 @@ def default_config() -> ml_collections.ConfigDict:
     auto-select probe set (disjoint seeds). eval_seeds: seeds of the final evaluation.
     attempts / max_new_tokens: the revision episode. ppo_starts: which SFT checkpoints PPO
     starts from (``peak``, ``mid``, ``end`` or step numbers; ``all`` for every checkpoint).
-    ppo_seeds: PPO runs per start. reset_reference: ``peak`` (the study's SFT_MaxOOD) or
+    ppo_seeds: PPO runs per start. sft_seeds: SFT runs (data orders), each with its own curve,
+    peak, PPO starts and claim resets; the headline averages over them. controls: any of
+    ``continued_sft``, ``ppo_kl_base``, ``ppo_shuffled`` (rotax.study.controls), run from the
+    ``control_start`` checkpoint of every SFT seed; control_kl: the KL coefficient to the base. reset_reference: ``peak`` (the study's SFT_MaxOOD) or
     ``base``. null_seeds: matched-norm null draws per matrix. analysis_k: top-subspace size, a fraction in
     [0, 1] or a whole rank above 1 (``--config.study.analysis_k=64``).
 
@@ -71,6 +76,10 @@ def default_config() -> ml_collections.ConfigDict:
         "sft_pool_hands": 2048,
         "ppo_starts": ("peak", "mid", "end"),
         "ppo_seeds": 1,
+        "sft_seeds": 1,
+        "controls": (),
+        "control_start": "end",
+        "control_kl": 0.05,
         "reset_reference": "peak",
         "null_seeds": 2,
         "analysis_k": 0.2,
@@ -114,6 +123,8 @@ def _smoke_toy(config) -> None:
     s.attempts, s.sft_pool_hands, s.ppo_starts, s.ppo_seeds = 2, 256, ("peak", "end"), 1
     s.autoselect_layers, s.autoselect_ranks, s.null_seeds = ("first 25%", "last 25%"), (0.2,), 1
     s.autoselect_operators, s.autoselect_budget_s = ("layer-reset", "uv-merge"), 30.0
+    s.sft_seeds = 2  # the per-seed paths and the means over SFT seeds
+    s.controls = ("continued_sft", "ppo_kl_base", "ppo_shuffled")
     config.pretrain.num_steps, config.pretrain.checkpoint_every = 60, 60
     config.pretrain.decay_steps = 0
     config.sft.num_steps, config.sft.checkpoint_every, config.sft.eval_every = 40, 20, 20

@@ -41,15 +41,31 @@ def recovered_fraction(base_ood: float | None, peak_ood: float, end_ood: float, 
     return (value - end_ood) / lost
 
 
+def _face(cell) -> str:
+    return percent((cell or {}).get("face_as_id"))
+
+
 def table_rows_markdown(rows: list[dict]) -> list[str]:
-    lines = ["| model | ID acc % [95% CI] | OOD acc % [95% CI] | % of lost OOD recovered | seconds | detail |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| model | ID acc % [95% CI] | OOD acc % [95% CI] | OOD face→10 % | % of lost OOD recovered | "
+             "seconds | detail |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         rec = "—" if r.get("recovered") is None else f"{100 * r['recovered']:.0f}"
         sec = "—" if r.get("seconds") is None else f"{r['seconds']:.1f}"
-        lines.append(f"| {r['name']} | {_acc(r.get('id'))} | {_acc(r.get('ood'))} | {rec} | {sec} | "
-                     f"{r.get('detail', '')} |")
+        lines.append(f"| {r['name']} | {_acc(r.get('id'))} | {_acc(r.get('ood'))} | {_face(r.get('ood'))} | "
+                     f"{rec} | {sec} | {r.get('detail', '')} |")
     return lines
+
+
+def curve_markdown(curves: list[dict]) -> list[str]:
+    """The SFT curve of each seed: ID, OOD and the face-as-10 share per checkpoint."""
+    out = []
+    for c in curves:
+        out += [f"SFT seed {c['sft_seed']}:", "", "| step | ID % | OOD % | OOD face→10 % |", "|---|---|---|---|"]
+        out += [f"| {p['step']} | {percent(p['id'])} | {percent(p['ood'])} | {percent(p.get('face_as_id'))} |"
+                for p in c["points"]]
+        out.append("")
+    return out
 
 
 def render_markdown(summary: dict) -> str:
@@ -58,10 +74,16 @@ def render_markdown(summary: dict) -> str:
         out += [note, ""]
     out += ["## Headline table", "", *table_rows_markdown(summary.get("table", [])), ""]
     out += ["Accuracy = share of hands solved within the attempt budget; intervals are 95% Wilson "
-            "intervals over hands (pooled over evaluation seeds).", ""]
+            "intervals over hands (pooled over evaluation seeds), or, for means over SFT seeds, include "
+            "the seed-to-seed spread. OOD face→10: share of OOD hands whose scratchpad reads a face "
+            "card under the ID rule (as 10) — the papers' failure.", ""]
     out += ["## The papers' claims, checked on this run", ""]
     for c in summary.get("claims", []):
         out += [f"**{c['claim']}** — *{c['verdict']}*. {c['evidence']}", ""]
+    if summary.get("sft_curves"):
+        out += ["## SFT curves (curve hands)", "", *curve_markdown(summary["sft_curves"])]
+    for seed_table in summary.get("seed_tables", []):
+        out += [f"## Appendix: SFT seed {seed_table['sft_seed']}", "", *table_rows_markdown(seed_table["table"]), ""]
     out += ["## Figures", ""]
     for fig in summary.get("figures", []):
         out += [f"![{fig['caption']}]({fig['path']})", "", f"*{fig['caption']}*", ""]

@@ -19,8 +19,9 @@ FIRST_STAGE = {
     "sft": "sft", "ppo": "ppo",
     "study.deck": "base", "study.preset": "base", "study.eval_hands": "base", "study.attempts": "base",
     "study.max_new_tokens": "base", "study.eval_batch_size": "base",
-    "study.sft_pool_hands": "sft",
-    "study.ppo_starts": "ppo", "study.ppo_seeds": "ppo", "study.eval_seeds": "ppo",
+    "study.sft_pool_hands": "sft", "study.sft_seeds": "sft",
+    "study.ppo_starts": "ppo", "study.ppo_seeds": "ppo",
+    "study.controls": "ppo", "study.control_start": "ppo", "study.control_kl": "ppo", "study.eval_seeds": "ppo",
     "study.reset_hands": "ppo",  # PPO's final numbers are on the test hands too
     "study.analysis_k": "analysis", "study.null_seeds": "analysis",
     "study.reset_reference": "resets",

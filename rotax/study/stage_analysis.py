@@ -14,7 +14,7 @@ from rotax.study.context import StudyContext
 
 
 def run(ctx: StudyContext, outputs: dict) -> dict:
-    """Every SFT checkpoint (and PPO end points) against the base and the peak-OOD checkpoint,
+    """Every SFT checkpoint of SFT seed 0 (and its PPO end points) against the base and the peak-OOD checkpoint,
     each metric beside its matched-norm null."""
     s, sft = ctx.config.study, outputs["sft"]
     out_dir = ctx.run_dir / "analysis"
@@ -25,6 +25,8 @@ def run(ctx: StudyContext, outputs: dict) -> dict:
     targets = {f"sft_{step}": orbax_matrices(sft_store / str(step), abstract)
                for step in sft["checkpoints"] if step > 0}
     for run in outputs.get("ppo", {}).get("runs", []):
+        if run.get("sft_seed"):
+            continue  # the spectra are of SFT seed 0 and its PPO runs
         targets[run["label"]] = orbax_matrices(ctx.ppo_checkpoint(run), abstract, subtree=("policy",))
     # the base as SFT started from it (step 0, in the study's dtype) when that was saved
     base = orbax_matrices(sft_store / "0", abstract) if 0 in sft["checkpoints"] else hf_matrices(ctx.base_dir)[1]

@@ -72,6 +72,8 @@ def _by_start(ctx, outputs, reference, chosen, report, settings, result) -> list
     rows, decided = [], {}
     base_scores = result["base_scores"]
     for run in outputs.get("ppo", {}).get("runs", []):
+        if run.get("sft_seed"):  # the gate ran on SFT seed 0's checkpoints
+            continue
         step = run["start_step"]
         if step not in decided:
             start = ctx.sft_params(step)

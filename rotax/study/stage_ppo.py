@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import time
 
 from rotax.io.hf import export_hf_checkpoint
 from rotax.io.tokenizer import pad_id
 from rotax.rl.ppo import loop as ppo_loop
+from rotax.study import controls as control_runs
 from rotax.study.context import StudyContext
 from rotax.study.curve import tracked_curve
 from rotax.tasks.points import Rule
@@ -36,14 +38,45 @@ def resolve_starts(starts, sft: dict) -> list[tuple[str, int]]:
 
 
 def run(ctx: StudyContext, outputs: dict) -> dict:
-    """PPO from each of ``study.ppo_starts`` × ``study.ppo_seeds``."""
-    s, sft = ctx.config.study, outputs["sft"]
+    """PPO from each of ``study.ppo_starts`` × ``study.ppo_seeds``, for every SFT seed (a run's
+    ``sft_seed`` says whose checkpoints it starts from; labels repeat across SFT seeds)."""
+    s = ctx.config.study
     runs = []
-    for label, step in resolve_starts(s.ppo_starts, sft):
-        for seed in range(s.ppo_seeds):
-            run_label = label if s.ppo_seeds == 1 else f"{label}_seed{seed}"
-            runs.append(_train_one(ctx, run_label, label, step, seed))
-    return {"runs": runs}
+    for sft in outputs["sft"].get("seeds", [outputs["sft"]]):
+        sft_seed = sft.get("sft_seed", 0)
+        for label, step in resolve_starts(s.ppo_starts, sft):
+            # the start's own test-hand accuracy, which PPO's recovery is measured from (the reset
+            # grid measures the peak and the end on the same hands already)
+            start_test = None if step in (sft["peak_step"], sft["end_step"]) else \
+                ctx.evaluate_test(ctx.sft_params(step, sft_seed))
+            for seed in range(s.ppo_seeds):
+                run_label = label if s.ppo_seeds == 1 else f"{label}_seed{seed}"
+                runs.append({**_train_one(ctx, run_label, label, step, seed, sft_seed), "start_test": start_test})
+    return {"runs": runs, "controls": _controls(ctx, outputs, runs)}
+
+
+def _controls(ctx: StudyContext, outputs: dict, runs: list) -> list[dict]:
+    """``study.controls`` from the ``study.control_start`` checkpoint of every SFT seed (PPO
+    seed 0's settings), each evaluated on the test hands."""
+    s, out = ctx.config.study, []
+    for sft in outputs["sft"].get("seeds", [outputs["sft"]]):
+        sft_seed = sft.get("sft_seed", 0)
+        for control in s.controls:
+            label, step = resolve_starts((s.control_start,), sft)[0]
+            began = time.perf_counter()
+            if control == "continued_sft":
+                final, detail = control_runs.continued_sft(ctx, step, sft_seed)
+                run = {"final": final, "detail": detail}
+            else:
+                config, wrap, reference = control_runs.ppo_config(ctx, control)
+                run = _train_one(ctx, control, label, step, 0, sft_seed, config=config, wrap=wrap,
+                                 reference=reference, subdir="controls")
+            start_test = next((r["start_test"] for r in runs if r["start_step"] == step
+                               and r.get("sft_seed", 0) == sft_seed), None)
+            out.append({**run, "control": control, "name": f"{control_runs.NAMES[control]} (from {label})",
+                        "start": label, "start_step": step, "sft_seed": sft_seed, "start_test": start_test,
+                        "seconds": time.perf_counter() - began})
+    return out
 
 
 def _environment(ctx: StudyContext, seed: int) -> GeneralPointsEnvironment:
@@ -58,21 +91,28 @@ def _study_deal(update: int, *, seed: int, episodes: int, ranks) -> list:
     return study_hands(Rule.ID, 20_000 + 1000 * seed + update, episodes, ranks)
 
 
-def _train_one(ctx: StudyContext, run_label: str, start: str, step: int, seed: int) -> dict:
-    config = copy.deepcopy(ctx.config)
+def _train_one(ctx: StudyContext, run_label: str, start: str, step: int, seed: int, sft_seed: int = 0, *,
+               config=None, wrap=None, reference=None, subdir: str = "ppo") -> dict:
+    """One PPO run; ``config``/``wrap(env, seed)``/``reference`` (the KL reference's loader)
+    change it into a control."""
+    config = copy.deepcopy(ctx.config if config is None else config)
     config.seed = ctx.config.seed + 100 * seed
-    run_dir = ctx.run_dir / "ppo" / run_label
+    rel_dir = f"{subdir}/{run_label}" if sft_seed == 0 else f"{subdir}/sft_seed{sft_seed}/{run_label}"
+    run_dir = ctx.run_dir / rel_dir
     config.run_dir = str(run_dir)
     curve, hook = tracked_curve(ctx, run_dir / "curve.jsonl")
 
-    result = ppo_loop.train(config, ctx.model_cfg, lambda: ctx.sft_params(step), _environment(ctx, seed),
+    env = _environment(ctx, seed)
+    result = ppo_loop.train(config, ctx.model_cfg, lambda: ctx.sft_params(step, sft_seed),
+                            env if wrap is None else wrap(env, config.seed),
                             mesh=ctx.mesh, resume=True, pad_id=pad_id(ctx.tokenizer),
-                            eval_hook=hook,
-                            run_metadata={"source": str(ctx.base_dir), "sft_step": step})
+                            eval_hook=hook, reference_policy=reference,
+                            run_metadata={"source": str(ctx.base_dir), "sft_step": step, "sft_seed": sft_seed})
     policy = result.state.params["policy"]
     export_hf_checkpoint(ctx.model_cfg, policy, run_dir / "final_hf", source=ctx.base_dir)  # gathers per tensor
     final = ctx.evaluate_test(policy)
-    return {"label": run_label, "start": start, "start_step": step, "seed": seed,
-            "curve": curve, "final": final, "run_dir": str(run_dir),
+    return {"label": run_label, "start": start, "start_step": step, "seed": seed, "sft_seed": sft_seed,
+            "curve": curve, "final": final, "run_dir": str(run_dir), "rel_dir": rel_dir,
             "policy_dir": str(run_dir / "final_hf"), "updates": result.updates,
-            "detail": f"{result.updates} updates from SFT step {step}"}
+            "detail": f"{result.updates} updates from SFT step {step}"
+                      + (f" (SFT seed {sft_seed})" if sft_seed else "")}

@@ -78,9 +78,31 @@ def _quarter(spec: str, total: int) -> str:
     return f"{start}-{max(start, stop - 1)}"
 
 
-def _row(name, kind, detail, acc, seconds):
+#: the grid rows every further SFT seed also gets (those the claims judge)
+SEED_ROWS = ("UV merge top 20%", "Σ-only top 20% (control)", "layer reset first 25%")
+
+
+def _row(name, kind, detail, acc, seconds, sft_seed=0):
     return {"name": name, "kind": kind, "detail": detail, "id": acc["id"], "ood": acc["ood"],
-            "seconds": seconds}
+            "seconds": seconds, "sft_seed": sft_seed}
+
+
+def _seed_rows(ctx, sft: dict) -> list[dict]:
+    """SFT seed ``i`` > 0: its end and peak and the claim resets (:data:`SEED_ROWS`) on the
+    same test hands."""
+    s, i = ctx.config.study, sft["sft_seed"]
+    target, peak = ctx.sft_params(sft["end_step"], i), ctx.sft_params(sft["peak_step"], i)
+    reference = ctx.base_params() if s.reset_reference == "base" else peak
+    cfg = ctx.model_cfg
+    kw = {"layer_ids": cfg.layer_ids, "num_hidden_layers": cfg.num_hidden_layers}
+    rows = [_row("SFT end (no reset)", "target", f"step {sft['end_step']}", ctx.evaluate_test(target), 0.0, i),
+            _row("SFT peak-OOD (no reset)", "peak", f"step {sft['peak_step']}", ctx.evaluate_test(peak), 0.0, i)]
+    for name, kind, detail, fn in reset_variants(cfg.num_hidden_layers, not cfg.tie_word_embeddings):
+        if name in SEED_ROWS:
+            began = time.perf_counter()
+            edited = jax.block_until_ready(fn(target, reference, kw))
+            rows.append(_row(name, kind, detail, ctx.evaluate_test(edited), time.perf_counter() - began, i))
+    return rows
 
 
 def run_reset_grid(ctx, outputs: dict) -> dict:
@@ -107,6 +129,8 @@ def run_reset_grid(ctx, outputs: dict) -> dict:
         seconds = time.perf_counter() - began
         rows.append(_row(name, kind, detail, evaluate(edited), seconds))
     for run in outputs.get("ppo", {}).get("runs", []):
+        if run.get("sft_seed"):  # reverse tests of SFT seed 0's runs: ``target`` is its SFT end
+            continue
         if reference_grid:  # the study's reverse test: every 2-D tensor back to the SFT end
             edited = resets.uv_merge(ctx.load_ppo_params(run), target, Selector(modules="all"),
                                      REFERENCE_FULL_RANK, clamp_ranks=True, **kw)
@@ -119,4 +143,6 @@ def run_reset_grid(ctx, outputs: dict) -> dict:
             rows.append(_row(f"reverse test ({run['label']})", "reverse",
                              "SFT-end top-20% directions onto the PPO model", evaluate(edited), None))
             break
+    for extra in outputs["sft"].get("seeds", [])[1:]:
+        rows += _seed_rows(ctx, extra)
     return {"reference": s.reset_reference, "rows": rows}

@@ -113,7 +113,7 @@ def test_explore_notebook_reproduces_the_study(smoke_run, tmp_path):
     on_base = config["study"]["reset_reference"] == "base"
     ref_name = "base" if on_base else f"sft_{sft['peak_step']}"
     end = f"sft_{sft['end_step']}"
-    labels = [r["label"] for r in _stage(run_dir, "ppo")["runs"]]
+    labels = [r["label"] for r in _stage(run_dir, "ppo")["runs"] if not r.get("sft_seed")]
     assert got["names"] == ["base", *(f"sft_{s}" for s in sft["checkpoints"]), *(f"ppo_{x}" for x in labels)]
     assert got["pair"] == [ref_name, end]
 
@@ -133,7 +133,7 @@ def test_explore_notebook_reproduces_the_study(smoke_run, tmp_path):
     assert got["panel_spectra"] == spectra
 
     # before/after: the study's reset grid on the same hands (reset_hands x eval_seeds)
-    grid = {r["name"]: r for r in _stage(run_dir, "resets")["rows"]}
+    grid = {r["name"]: r for r in _stage(run_dir, "resets")["rows"] if not r.get("sft_seed")}
     reference, target, merged = got["comparison"]
     assert [reference["name"], target["name"], merged["name"]] == [
         f"reference: {ref_name}", f"target: {end}", "UV merge top 20% (layers all)"]
@@ -163,7 +163,7 @@ def test_explore_hf_pair_reproduces_the_ppo_evaluation(smoke_run, tmp_path):
     from rotax.notebook import explore
 
     run_dir = smoke_run[0]
-    run = _stage(run_dir, "ppo")["runs"][-1]
+    run = [r for r in _stage(run_dir, "ppo")["runs"] if not r.get("sft_seed")][-1]
     ex = explore.open_models("", str(run_dir / "base"), str(run_dir / "ppo" / run["label"] / "final_hf"),
                              overrides=["study.preset=smoke"], out_dir=tmp_path)
     assert ex.names == ["reference", "target"] and (ex.reference, ex.target) == ("reference", "target")

@@ -98,7 +98,7 @@ def hand_pool_source(pool, tokenizer, renderer, *, batch_size: int, bucket: int,
 
 
 def pretraining_source(tokenizer, renderer, *, batch_size: int, bucket: int, max_length: int,
-                       id_share: float = 0.5, solution_choice: str = "sorted"):
+                       id_share: float = 0.5, solution_choice: str = "sorted", stream: str = "pretrain"):
     """Fresh hands from the toy deck under the base's rule mix (:func:`pretraining_rule`), each
     with one deterministic solution (``sorted``: the canonical solution of the sorted values, a
     function of the scratchpad): one target per value multiset is far easier for a 0.8M model
@@ -108,4 +108,4 @@ def pretraining_source(tokenizer, renderer, *, batch_size: int, bucket: int, max
                                pad_id=pad_id(tokenizer), renderer=renderer,
                                rule_sampler=lambda rng: pretraining_rule(rng, id_share),
                                deal=Deal.UNIFORM, ranks=TOY_RANKS, solution_choice=solution_choice,
-                               bucket=bucket, max_length=max_length, stream="pretrain")
+                               bucket=bucket, max_length=max_length, stream=stream)
