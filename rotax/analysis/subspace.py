@@ -209,11 +209,16 @@ def compare(w_ref: jax.Array, ref: Factors, w_tgt: jax.Array, tgt: Factors, *, k
     if v_ref.shape[0] == r:  # m >= n: V_r square
         side = jnp.matmul(ref.u.T, delta, precision=HIGHEST)  # [r, n]
         diag = jnp.sum(side * ref.vh, axis=1)
-        top = jnp.matmul(side[:k], v_ref[:, :k], precision=HIGHEST)
+
+        def leading_block(t):  # C[:t, :t]
+            return jnp.matmul(side[:t], v_ref[:, :t], precision=HIGHEST)
     else:  # m < n: U_r square
         side = jnp.matmul(delta, v_ref, precision=HIGHEST)  # [m, r]
         diag = jnp.sum(ref.u * side, axis=0)
-        top = jnp.matmul(ref.u[:, :k].T, side[:, :k], precision=HIGHEST)
+
+        def leading_block(t):
+            return jnp.matmul(ref.u[:, :t].T, side[:, :t], precision=HIGHEST)
+    top = leading_block(k)
     diag2 = jnp.sum(diag**2)
     total2 = jnp.sum(side**2)
     top_diag2 = jnp.sum(jnp.diagonal(top) ** 2)
@@ -223,7 +228,7 @@ def compare(w_ref: jax.Array, ref: Factors, w_tgt: jax.Array, tgt: Factors, *, k
     out["outside_share"] = jnp.clip(1.0 - total2 / safe, 0.0, 1.0)
     out["magnitude_share_topk"] = top_diag2 / safe
     out["rotation_share_topk"] = (jnp.sum(top**2) - top_diag2) / safe
-    block = coeff[:top_rank, :top_rank]
+    block = leading_block(top_rank)
     block_diag2 = jnp.sum(jnp.diagonal(block) ** 2)
     out["magnitude_share_top768"] = block_diag2 / safe
     out["rotation_share_top768"] = (jnp.sum(block**2) - block_diag2) / safe

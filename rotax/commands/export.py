@@ -18,7 +18,7 @@ def load_checkpoint_params(checkpoint_dir, mesh=None):
     checkpoint metadata (``model.hf_config`` and dtypes), only params are read."""
     import jax
 
-    from rotax.io.checkpoint import read_metadata, restore_params
+    from rotax.io.checkpoint import read_metadata, restore_model_params
     from rotax.models.config import ModelConfig
     from rotax.models.decoder import param_shapes
     from rotax.runtime.sharding import make_mesh, param_shardings
@@ -34,7 +34,7 @@ def load_checkpoint_params(checkpoint_dir, mesh=None):
     shardings = param_shardings(shapes, mesh)
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             shapes, shardings)
-    return cfg, restore_params(checkpoint_dir, abstract), metadata
+    return cfg, restore_model_params(checkpoint_dir, abstract), metadata
 
 
 def run(args) -> int:

@@ -13,7 +13,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("ppo", help="PPO (actor-critic, GAE) on GeneralPoints episodes")
     add_config_arguments(p)
     p.add_argument("--init", default=None, metavar="DIR",
-                   help="starting policy: an SFT checkpoint directory (checkpoints/sft/<step>) "
+                   help="starting policy: an SFT or PPO checkpoint directory (checkpoints/sft/<step>) "
                         "or an HF model directory (default: the config's model.path)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest good PPO checkpoint in run_dir")
@@ -63,7 +63,7 @@ def run(args) -> int:
 
     from rotax.io import base_model
     from rotax.rl.ppo import loop as ppo_loop
-    from rotax.io.checkpoint import restore_params
+    from rotax.io.checkpoint import restore_model_params
     from rotax.models.decoder import param_shapes
     from rotax.io.hf import export_hf_checkpoint, load_hf_checkpoint
     from rotax.runtime.run_config import config_from_args
@@ -87,7 +87,7 @@ def run(args) -> int:
         shardings = param_shardings(shapes, mesh)
         abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                 shapes, shardings)
-        return restore_params(checkpoint, abstract)
+        return restore_model_params(checkpoint, abstract)
 
     hook = None
     if config.ppo.eval_every:
@@ -96,8 +96,7 @@ def run(args) -> int:
 
         hook = training_eval_hook(config.ppo, model_cfg, tokenizer, make_renderer(config.data), mesh)
     metadata = {"init": str(checkpoint or source),
-                "model": {"source": str(source), "hf_config": model_cfg.hf_config,
-                          "param_dtype": model_cfg.param_dtype, "compute_dtype": model_cfg.dtype}}
+                "model": base_model.checkpoint_model_metadata(model_cfg, source)}
     result = ppo_loop.train(config, model_cfg, load_policy, make_environment(config, tokenizer, mesh),
                             mesh=mesh, resume=args.resume, pad_id=pad_id(tokenizer, model_cfg),
                             eval_hook=hook, run_metadata=metadata)

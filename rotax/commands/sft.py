@@ -39,8 +39,7 @@ def run(args) -> int:
     def load_params():
         return base_model.load_base(config.model, mesh, config.run_dir)[1]
 
-    metadata = {"model": {"source": str(source_dir), "hf_config": model_cfg.hf_config,
-                          "param_dtype": model_cfg.param_dtype, "compute_dtype": model_cfg.dtype}}
+    metadata = {"model": base_model.checkpoint_model_metadata(model_cfg, source_dir)}
     result = sft_loop.train(config, model_cfg, load_params, data_source, mesh=mesh,
                             resume=args.resume, eval_hook=hook,
                             probe_sets=probe_sets(config.data, tokenizer, rows), run_metadata=metadata)

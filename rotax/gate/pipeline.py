@@ -22,7 +22,7 @@ from rotax.gate.diagnosis import diagnose
 from rotax.gate.probes import Probe, load_probe
 from rotax.gate.scoring import make_scorers
 from rotax.gate.search import candidates, choose, parse_operators, run_search
-from rotax.io.checkpoint import restore_params
+from rotax.io.checkpoint import restore_model_params
 from rotax.io.hf import export_hf_checkpoint, load_hf_checkpoint
 from rotax.io.tokenizer import load_tokenizer
 from rotax.models.config import ModelConfig
@@ -150,7 +150,7 @@ def load_pair(base_dir, tuned_dir, *, mesh=None, dtype=None):
         shapes = param_shapes(cfg)
         abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
                                 shapes, param_shardings(shapes, mesh))
-        other = restore_params(other_dir, abstract)
+        other = restore_model_params(other_dir, abstract)
     return (cfg, other, first) if hf_first == tuned_dir else (cfg, first, other)
 
 

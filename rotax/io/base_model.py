@@ -69,6 +69,13 @@ def model_config(model, source):
                        remat=model.remat)
 
 
+def checkpoint_model_metadata(cfg, source) -> dict:
+    """The ``model`` entry of a training checkpoint's metadata: enough for `rotax export`,
+    `rotax ppo --init` and `rotax gate` to rebuild the model config without the source."""
+    return {"source": str(source), "hf_config": cfg.hf_config,
+            "param_dtype": cfg.param_dtype, "compute_dtype": cfg.dtype}
+
+
 def _stored_dtype(cfg) -> str:
     hf = cfg.hf_config or {}
     text = hf.get("text_config", hf)

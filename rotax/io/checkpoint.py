@@ -274,6 +274,21 @@ def restore_params(checkpoint_dir, abstract_params, *, subtree: tuple[str, ...] 
     return out
 
 
+def model_subtree(checkpoint_dir) -> tuple[str, ...]:
+    """Where the model's params sit in a checkpoint's saved ``params``: ``("policy",)`` in a
+    PPO state (beside its value head), ``()`` in an SFT or pre-training state. Reads the tree
+    metadata only."""
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        meta = checkpointer.metadata(Path(checkpoint_dir).absolute() / "state")
+    tree = getattr(meta, "item_metadata", meta)
+    return ("policy",) if "policy" in tree["params"] else ()
+
+
+def restore_model_params(checkpoint_dir, abstract_params) -> Any:
+    """The model params of any rotax training checkpoint (SFT, pre-training or a PPO policy)."""
+    return restore_params(checkpoint_dir, abstract_params, subtree=model_subtree(checkpoint_dir))
+
+
 def latest_checkpoint(run_dir, stage: str) -> Path:
     """The newest finished checkpoint directory of ``stage`` in ``run_dir`` (read-only: nothing
     is created). Raises FileNotFoundError when there is none."""

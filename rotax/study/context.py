@@ -77,6 +77,10 @@ class StudyContext:
         """The policy of a PPO run's final checkpoint, in the study's shardings."""
         return restore_params(self.ppo_checkpoint(run), self.abstract_params(), subtree=("policy",))
 
+    def checkpoint_metadata(self, **extra) -> dict:
+        """Metadata of the study's SFT / PPO / control checkpoints (``rotax export`` reads them)."""
+        return {"model": base_model.checkpoint_model_metadata(self.model_cfg, self.base_dir), **extra}
+
     def evaluate(self, params, rule, *, n: int, seeds, seed_offset: int = 0) -> dict:
         """Accuracy pooled over ``seeds`` (each a fresh seeded hand set of ``n`` hands; the
         per-hand ``outcomes`` run seed by seed, ``groups`` holds the hands per seed)."""

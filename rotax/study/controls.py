@@ -40,7 +40,7 @@ def continued_sft(ctx, step: int, sft_seed: int) -> tuple[dict, str]:
                                     stream="continued_sft")
     run_dir = ctx.run_dir / "controls" / f"sft_seed{sft_seed}" / f"continued_sft_from{step}"
     result = train_sft(config, ctx.model_cfg, lambda: ctx.sft_params(step, sft_seed), source, mesh=ctx.mesh,
-                       resume=True, run_dir=run_dir, run_metadata={"source": str(ctx.base_dir), "sft_step": step})
+                       resume=True, run_dir=run_dir, run_metadata=ctx.checkpoint_metadata(sft_step=step))
     params = result.state.params
     return ctx.evaluate_test(params), (f"{steps} steps × {sft.batch_size} fresh ID hands at lr "
                                        f"{p.learning_rate:g} ({p.schedule}) from SFT step {step}")

@@ -107,7 +107,7 @@ def _train_one(ctx: StudyContext, run_label: str, start: str, step: int, seed: i
                             env if wrap is None else wrap(env, config.seed),
                             mesh=ctx.mesh, resume=True, pad_id=pad_id(ctx.tokenizer),
                             eval_hook=hook, reference_policy=reference,
-                            run_metadata={"source": str(ctx.base_dir), "sft_step": step, "sft_seed": sft_seed})
+                            run_metadata=ctx.checkpoint_metadata(sft_step=step, sft_seed=sft_seed))
     policy = result.state.params["policy"]
     export_hf_checkpoint(ctx.model_cfg, policy, run_dir / "final_hf", source=ctx.base_dir)  # gathers per tensor
     final = ctx.evaluate_test(policy)

@@ -35,7 +35,7 @@ def _train_seed(ctx: StudyContext, sft_seed: int) -> dict:
     curve, hook = tracked_curve(ctx, run_dir / "curve.jsonl")  # survives a resume
 
     result = train_sft(config, ctx.model_cfg, ctx.base_params(), source, mesh=ctx.mesh, resume=True,
-                       run_dir=run_dir, eval_hook=hook, run_metadata={"source": str(ctx.base_dir)})
+                       run_dir=run_dir, eval_hook=hook, run_metadata=ctx.checkpoint_metadata())
     steps = sorted(result.checkpoints)
     evaluated = [c["step"] for c in curve if c["step"] in steps]
     peak = max(curve, key=lambda c: (c["ood"]["mean"], -c["step"]))["step"] if curve else steps[-1]

@@ -186,3 +186,41 @@ def test_claims_carry_ids_intervals_and_verdicts_that_follow_from_them(smoke_run
             assert c["verdict"] in ("supported", "mixed")  # "supported" also needs the gain's interval > 0
         else:
             assert c["verdict"] == "mixed"
+
+
+def test_rotax_export_reads_the_studys_sft_and_ppo_checkpoints(smoke_run, tmp_path):
+    """`rotax export` on a study's SFT checkpoint and on a PPO policy checkpoint: the SFT export
+    runs in transformers with the logits of the checkpoint's params, the PPO export holds the
+    same tensors as the study's own export of that policy (``final_hf``)."""
+    import jax
+    import numpy as np
+    import torch
+    from safetensors.numpy import load_file
+    from transformers import AutoModelForCausalLM
+
+    import rotax
+    from rotax.cli import main as rotax_main
+    from rotax.io.checkpoint import CheckpointStore, latest_checkpoint, restore_params
+
+    run_dir = smoke_run[0]
+    sft = _stage(run_dir, "sft")
+    sft_checkpoint = CheckpointStore(run_dir / "sft", "sft").path(sft["end_step"])
+    assert rotax_main(["export", "--checkpoint", str(sft_checkpoint), "--out", str(tmp_path / "sft")]) == 0
+    cfg, _ = rotax.load_hf(run_dir / "base")
+    shapes = rotax.param_shapes(cfg)
+    params = restore_params(sft_checkpoint, jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), shapes))
+    tokens = np.array([[1, 5, 9, 4, 7, 3, 2, 8]], dtype=np.int32)
+    ours = np.asarray(rotax.forward(cfg, params, tokens))
+    with torch.no_grad():
+        theirs = AutoModelForCausalLM.from_pretrained(str(tmp_path / "sft"), dtype=torch.float32)(
+            torch.from_numpy(tokens.astype(np.int64))).logits.numpy()
+    np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-4)
+
+    run = next(r for r in _stage(run_dir, "ppo")["runs"] if not r["sft_seed"])
+    ppo_checkpoint = latest_checkpoint(run["run_dir"], "ppo")
+    assert rotax_main(["export", "--checkpoint", str(ppo_checkpoint), "--out", str(tmp_path / "ppo")]) == 0
+    exported = load_file(str(tmp_path / "ppo" / "model.safetensors"))
+    study_export = load_file(str(Path(run["policy_dir"]) / "model.safetensors"))
+    assert exported.keys() == study_export.keys()
+    for name, tensor in study_export.items():
+        np.testing.assert_array_equal(exported[name], tensor, err_msg=name)
