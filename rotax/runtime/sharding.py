@@ -79,10 +79,17 @@ def canonical_mesh(mesh: Mesh) -> Mesh:
     if not isinstance(mesh, Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh (from rotax.make_mesh or jax.make_mesh), "
                         f"got {type(mesh).__name__}")
-    names = tuple(mesh.axis_names)
     auto = jax.sharding.AxisType.Auto
-    if names == MESH_AXES and all(t == auto for t in mesh.axis_types):
+    if tuple(mesh.axis_names) == MESH_AXES and all(t == auto for t in mesh.axis_types):
         return mesh
+    devices = np.asarray(mesh.devices).reshape(_canonical_sizes(mesh))
+    return Mesh(devices, MESH_AXES, axis_types=(auto,) * len(MESH_AXES))
+
+
+def _canonical_sizes(mesh) -> tuple[int, ...]:
+    """The ``MESH_AXES`` sizes of a (concrete or abstract) mesh whose axis names are a subset
+    of ``MESH_AXES`` in that order; ValueError naming the axes otherwise."""
+    names = tuple(mesh.axis_names)
     if len(set(names)) != len(names) or any(n not in MESH_AXES for n in names) or \
             list(names) != [a for a in MESH_AXES if a in names]:
         raise ValueError(
@@ -90,8 +97,7 @@ def canonical_mesh(mesh: Mesh) -> Mesh:
             f"fine); build it with rotax.make_mesh((data, fsdp, tensor)) or "
             f"jax.make_mesh(shape, {MESH_AXES})")
     sizes = dict(mesh.shape)
-    devices = np.asarray(mesh.devices).reshape(tuple(sizes.get(a, 1) for a in MESH_AXES))
-    return Mesh(devices, MESH_AXES, axis_types=(auto,) * len(MESH_AXES))
+    return tuple(sizes.get(a, 1) for a in MESH_AXES)
 
 
 def auto_axes_context():
@@ -101,7 +107,9 @@ def auto_axes_context():
     ambient = jax.sharding.get_abstract_mesh()
     if ambient.empty or all(t == jax.sharding.AxisType.Auto for t in ambient.axis_types):
         return contextlib.nullcontext()
-    return jax.sharding.use_abstract_mesh(canonical_mesh(jax.sharding.get_mesh()).abstract_mesh)
+    # from the abstract mesh alone: inside jax.jit (rotax.forward) there is no concrete one
+    return jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh(
+        _canonical_sizes(ambient), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES)))
 
 
 def logical_axes(path: Sequence[str], ndim: int) -> tuple[str | None, ...]:
