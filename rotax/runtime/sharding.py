@@ -69,19 +69,22 @@ def make_mesh(shape: Sequence[int] | None = None, devices=None) -> Mesh:
 
 def canonical_mesh(mesh: Mesh) -> Mesh:
     """The rotax mesh equivalent to ``mesh``: same devices, axes ``("data", "fsdp", "tensor")``
-    with Auto axis types.
+    with Auto axis types (an ``AbstractMesh`` gives an ``AbstractMesh``).
 
     Accepts any ``jax.sharding.Mesh`` whose axis names are a subset of ``MESH_AXES`` in that
     order (e.g. ``jax.make_mesh((4, 2), ("fsdp", "tensor"))``; missing axes get size 1) and
     any axis types: ``jax.make_mesh`` defaults to Explicit, under which XLA refuses rotax's
     sharded matmuls and chunked loads, so Explicit and Manual axes become Auto (GSPMD
     propagation). Raises ValueError naming the axes for any other mesh."""
-    if not isinstance(mesh, Mesh):
+    abstract = isinstance(mesh, jax.sharding.AbstractMesh)
+    if not (abstract or isinstance(mesh, Mesh)):
         raise TypeError(f"mesh must be a jax.sharding.Mesh (from rotax.make_mesh or jax.make_mesh), "
                         f"got {type(mesh).__name__}")
     auto = jax.sharding.AxisType.Auto
     if tuple(mesh.axis_names) == MESH_AXES and all(t == auto for t in mesh.axis_types):
         return mesh
+    if abstract:  # shapes only (scripts/memory_plan.py; tracing inside jax.jit)
+        return jax.sharding.AbstractMesh(_canonical_sizes(mesh), MESH_AXES, axis_types=(auto,) * len(MESH_AXES))
     devices = np.asarray(mesh.devices).reshape(_canonical_sizes(mesh))
     return Mesh(devices, MESH_AXES, axis_types=(auto,) * len(MESH_AXES))
 
@@ -108,8 +111,7 @@ def auto_axes_context():
     if ambient.empty or all(t == jax.sharding.AxisType.Auto for t in ambient.axis_types):
         return contextlib.nullcontext()
     # from the abstract mesh alone: inside jax.jit (rotax.forward) there is no concrete one
-    return jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh(
-        _canonical_sizes(ambient), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES)))
+    return jax.sharding.use_abstract_mesh(canonical_mesh(ambient))
 
 
 def logical_axes(path: Sequence[str], ndim: int) -> tuple[str | None, ...]:
