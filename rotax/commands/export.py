@@ -20,8 +20,8 @@ def load_checkpoint_params(checkpoint_dir, mesh=None):
 
     from rotax.io.checkpoint import read_metadata, restore_model_params
     from rotax.models.config import ModelConfig
-    from rotax.models.decoder import param_shapes
-    from rotax.runtime.sharding import make_mesh, param_shardings
+    from rotax.models.decoder import sharded_param_shapes
+    from rotax.runtime.sharding import make_mesh
 
     metadata = read_metadata(checkpoint_dir)
     model = metadata.get("model") or {}
@@ -30,11 +30,7 @@ def load_checkpoint_params(checkpoint_dir, mesh=None):
     cfg = ModelConfig.from_hf_dict(model["hf_config"]).replace(
         param_dtype=model.get("param_dtype", "float32"), dtype=model.get("compute_dtype", "float32"))
     mesh = mesh or make_mesh(devices=jax.devices()[:1])
-    shapes = param_shapes(cfg)
-    shardings = param_shardings(shapes, mesh)
-    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            shapes, shardings)
-    return cfg, restore_model_params(checkpoint_dir, abstract), metadata
+    return cfg, restore_model_params(checkpoint_dir, sharded_param_shapes(cfg, mesh)), metadata
 
 
 def run(args) -> int:

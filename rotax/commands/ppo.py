@@ -64,10 +64,9 @@ def run(args) -> int:
     from rotax.io import base_model
     from rotax.rl.ppo import loop as ppo_loop
     from rotax.io.checkpoint import restore_model_params
-    from rotax.models.decoder import param_shapes
+    from rotax.models.decoder import sharded_param_shapes
     from rotax.io.hf import export_hf_checkpoint, load_hf_checkpoint
     from rotax.runtime.run_config import config_from_args
-    from rotax.runtime.sharding import param_shardings
     from rotax.io.tokenizer import load_tokenizer, pad_id
 
     config = config_from_args(args)
@@ -83,11 +82,7 @@ def run(args) -> int:
         if checkpoint is None:
             return load_hf_checkpoint(source, mesh=mesh, dtype=model_cfg.param_dtype,
                                       compute_dtype=model_cfg.dtype, remat=model_cfg.remat)[1]
-        shapes = param_shapes(model_cfg)
-        shardings = param_shardings(shapes, mesh)
-        abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                shapes, shardings)
-        return restore_model_params(checkpoint, abstract)
+        return restore_model_params(checkpoint, sharded_param_shapes(model_cfg, mesh))
 
     hook = None
     if config.ppo.eval_every:

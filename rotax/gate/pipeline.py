@@ -26,8 +26,8 @@ from rotax.io.checkpoint import restore_model_params
 from rotax.io.hf import export_hf_checkpoint, load_hf_checkpoint
 from rotax.io.tokenizer import load_tokenizer
 from rotax.models.config import ModelConfig
-from rotax.models.decoder import param_shapes
-from rotax.runtime.sharding import make_mesh, param_shardings
+from rotax.models.decoder import param_shapes, sharded_param_shapes
+from rotax.runtime.sharding import make_mesh
 from rotax.tasks.points.toy_tokenizer import is_toy_tokenizer
 
 
@@ -147,10 +147,7 @@ def load_pair(base_dir, tuned_dir, *, mesh=None, dtype=None):
         _, other = load_hf_checkpoint(other_dir, mesh=mesh, dtype=dtype)
     else:
         mesh = mesh or make_mesh(devices=jax.devices()[:1])
-        shapes = param_shapes(cfg)
-        abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-                                shapes, param_shardings(shapes, mesh))
-        other = restore_model_params(other_dir, abstract)
+        other = restore_model_params(other_dir, sharded_param_shapes(cfg, mesh))
     return (cfg, other, first) if hf_first == tuned_dir else (cfg, first, other)
 
 

@@ -17,7 +17,7 @@ from flax import nnx
 from rotax.models import attention
 from rotax.models.config import ModelConfig
 from rotax.models.layers import Embed, Linear, RMSNorm, apply_rope, rope_cos_sin
-from rotax.runtime.sharding import auto_axes_context
+from rotax.runtime.sharding import auto_axes_context, param_shardings
 
 def unroll_layers_by_default() -> bool:
     """Whether the sampler's decode step loops over layers in Python: on CPU, where XLA copies
@@ -174,6 +174,14 @@ def param_shapes(cfg: ModelConfig) -> dict:
     """The canonical tree of ``jax.ShapeDtypeStruct`` for ``cfg`` (no allocation)."""
     abstract = nnx.eval_shape(lambda: CausalLM(cfg, rngs=nnx.Rngs(0)))
     return nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
+
+
+def sharded_param_shapes(cfg: ModelConfig, mesh) -> dict:
+    """:func:`param_shapes` with each leaf's sharding on ``mesh``: the target a checkpoint is
+    restored into (``rotax.io.checkpoint.restore_params``)."""
+    shapes = param_shapes(cfg)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, param_shardings(shapes, mesh))
 
 
 def init_params(cfg: ModelConfig, key: jax.Array) -> dict:

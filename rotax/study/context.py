@@ -7,14 +7,12 @@ import copy
 import functools
 from pathlib import Path
 
-import jax
 
 from rotax.io import base_model
 from rotax.io.checkpoint import CheckpointStore, latest_checkpoint, restore_params
 from rotax.io.tokenizer import load_tokenizer
-from rotax.models.decoder import param_shapes
+from rotax.models.decoder import sharded_param_shapes
 from rotax.runtime.run_config import mesh_from_config
-from rotax.runtime.sharding import param_shardings
 from rotax.sampling import SamplingOptions
 from rotax.tasks.points import STANDARD_RANKS, Rule
 from rotax.tasks.points.accuracy import evaluate_accuracy, study_hands
@@ -52,9 +50,7 @@ class StudyContext:
         return base_model.model_config(self.config.model, self.base_dir)
 
     def abstract_params(self):
-        shapes = param_shapes(self.model_cfg)
-        shardings = param_shardings(shapes, self.mesh)
-        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+        return sharded_param_shapes(self.model_cfg, self.mesh)
 
     def base_params(self):
         cfg, params, _ = base_model.load_base(with_path(self.config.model, self.base_dir), self.mesh, self.run_dir)

@@ -204,14 +204,14 @@ def test_rotax_export_reads_the_studys_sft_and_ppo_checkpoints(smoke_run, tmp_pa
     import rotax
     from rotax.cli import main as rotax_main
     from rotax.io.checkpoint import CheckpointStore, latest_checkpoint, restore_params
+    from rotax.models.decoder import sharded_param_shapes
 
     run_dir = smoke_run[0]
     sft = _stage(run_dir, "sft")
     sft_checkpoint = CheckpointStore(run_dir / "sft", "sft").path(sft["end_step"])
     assert rotax_main(["export", "--checkpoint", str(sft_checkpoint), "--out", str(tmp_path / "sft")]) == 0
     cfg, _ = rotax.load_hf(run_dir / "base")
-    shapes = rotax.param_shapes(cfg)
-    params = restore_params(sft_checkpoint, jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), shapes))
+    params = restore_params(sft_checkpoint, sharded_param_shapes(cfg, rotax.make_mesh(devices=jax.devices()[:1])))
     tokens = np.array([[1, 5, 9, 4, 7, 3, 2, 8]], dtype=np.int32)
     ours = np.asarray(rotax.forward(cfg, params, tokens))
     with torch.no_grad():
