@@ -28,6 +28,7 @@ from rotax.stats.intervals import (bootstrap_interval, decode_outcomes, equivale
                                    paired_difference_interval, recovered_share_interval)
 from rotax.study.advantage_panel import first_update_summary
 from rotax.study.report import percent
+from rotax.study.stage_resets import claim_row
 
 RESET_LEVEL, PPO_LEVEL = 0.7, 0.5
 EQUIVALENCE_MARGIN = 0.02  # Σ-only "changes nothing": within ±2 OOD points
@@ -294,10 +295,6 @@ def spectral_claim(run_dir: Path, sft: dict) -> dict | None:
                   "rotates as much.")
 
 
-def _find(rows: list[dict], prefix: str) -> dict | None:
-    return next((r for r in rows if r["name"].startswith(prefix)), None)
-
-
 def claims(ctx, outputs: dict, table: list, advantage_groups: dict | None = None, *,
            spectra: bool = True) -> list[dict]:
     """The claims of one SFT seed from its stage outputs (test-hand rows of the reset grid, PPO
@@ -327,15 +324,15 @@ def claims(ctx, outputs: dict, table: list, advantage_groups: dict | None = None
     spectral = spectral_claim(ctx.run_dir, sft) if spectra else None
     if spectral:
         out.append(spectral)
-    for id_, prefix, claim in (
-            ("uv_merge_recovers", "UV merge top 20%", "Restoring the reference's top-20% singular directions "
-             "(target Σ kept) recovers much of the lost OOD accuracy"),
-            ("layer_reset_recovers", "layer reset first 25%", "Resetting the first 25% of layers recovers much "
-             "of the lost OOD accuracy")):
-        entry = reset_claim(id_, claim, _find(grid_rows, prefix), end, peak, lost)
+    grid_name = ctx.config.study.reset_grid
+    for id_, claim in (
+            ("uv_merge_recovers", "Restoring the reference's top singular directions (target Σ kept) "
+             "recovers much of the lost OOD accuracy"),
+            ("layer_reset_recovers", "Resetting the first layers (~25%) recovers much of the lost OOD accuracy")):
+        entry = reset_claim(id_, claim, claim_row(grid_rows, grid_name, id_), end, peak, lost)
         if entry:
             out.append(entry)
-    entry = sigma_only_claim(_find(grid_rows, "Σ-only"), end)
+    entry = sigma_only_claim(claim_row(grid_rows, grid_name, "sigma_only_null"), end)
     if entry:
         out.append(entry)
     auto = outputs.get("autoselect")

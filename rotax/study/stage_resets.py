@@ -78,9 +78,30 @@ def _quarter(spec: str, total: int) -> str:
     return f"{start}-{max(start, stop - 1)}"
 
 
-#: the grid rows every further SFT seed also gets (those the claims judge)
-SEED_ROWS = ("UV merge top 20%", "Σ-only top 20% (control)", "layer reset first 25%")
+#: per reset grid, the row each reset claim judges: claim id -> row-name prefix (the grid's first
+#: row with that prefix). The reference grid has no Σ-only control: that claim is not made there.
+CLAIM_ROWS = {
+    "rotax": {"uv_merge_recovers": "UV merge top 20%", "layer_reset_recovers": "layer reset first 25%",
+              "sigma_only_null": "Σ-only top 20%"},
+    "reference": {"uv_merge_recovers": "UV merge top", "layer_reset_recovers": "layer reset"},
+}
 
+
+def grid_variants(study, num_hidden_layers: int, has_head: bool):
+    """The variants of ``study.reset_grid`` (refused by name when unknown)."""
+    if study.reset_grid not in RESET_GRIDS:
+        raise ValueError(f"study.reset_grid {study.reset_grid!r}: choose one of {RESET_GRIDS}")
+    if study.reset_grid == "reference":
+        return reference_reset_variants(study)
+    return reset_variants(num_hidden_layers, has_head)
+
+
+def claim_row(rows, grid: str, claim_id: str):
+    """The first of ``rows`` (anything with a name first, or dicts with ``"name"``) that claim
+    ``claim_id`` judges under ``grid``; None when the grid has no such row."""
+    prefix = CLAIM_ROWS[grid].get(claim_id)
+    name = (lambda r: r["name"]) if rows and isinstance(rows[0], dict) else (lambda r: r[0])
+    return next((r for r in rows if prefix and name(r).startswith(prefix)), None)
 
 def _row(name, kind, detail, acc, seconds, sft_seed=0):
     return {"name": name, "kind": kind, "detail": detail, "id": acc["id"], "ood": acc["ood"],
@@ -88,8 +109,8 @@ def _row(name, kind, detail, acc, seconds, sft_seed=0):
 
 
 def _seed_rows(ctx, sft: dict) -> list[dict]:
-    """SFT seed ``i`` > 0: its end and peak and the claim resets (:data:`SEED_ROWS`) on the
-    same test hands."""
+    """SFT seed ``i`` > 0: its end and peak and the rows the reset claims judge
+    (:data:`CLAIM_ROWS`) on the same test hands."""
     s, i = ctx.config.study, sft["sft_seed"]
     target, peak = ctx.sft_params(sft["end_step"], i), ctx.sft_params(sft["peak_step"], i)
     reference = ctx.base_params() if s.reset_reference == "base" else peak
@@ -97,8 +118,10 @@ def _seed_rows(ctx, sft: dict) -> list[dict]:
     kw = {"layer_ids": cfg.layer_ids, "num_hidden_layers": cfg.num_hidden_layers}
     rows = [_row("SFT end (no reset)", "target", f"step {sft['end_step']}", ctx.evaluate_test(target), 0.0, i),
             _row("SFT peak-OOD (no reset)", "peak", f"step {sft['peak_step']}", ctx.evaluate_test(peak), 0.0, i)]
-    for name, kind, detail, fn in reset_variants(cfg.num_hidden_layers, not cfg.tie_word_embeddings):
-        if name in SEED_ROWS:
+    variants = grid_variants(s, cfg.num_hidden_layers, not cfg.tie_word_embeddings)
+    chosen = [claim_row(variants, s.reset_grid, claim) for claim in CLAIM_ROWS[s.reset_grid]]
+    for name, kind, detail, fn in variants:
+        if any(c is not None and c[0] == name for c in chosen):
             began = time.perf_counter()
             edited = jax.block_until_ready(fn(target, reference, kw))
             rows.append(_row(name, kind, detail, ctx.evaluate_test(edited), time.perf_counter() - began, i))
@@ -118,11 +141,8 @@ def run_reset_grid(ctx, outputs: dict) -> dict:
             _row("SFT peak-OOD (no reset)", "peak", f"step {sft['peak_step']}", evaluate(peak), 0.0),
             _row("reset k=0 (identity check)", "uv", "UV merge with k=0",
                  evaluate(resets.uv_merge(target, reference, Selector(), 0, **kw)), 0.0)]
-    if s.reset_grid not in RESET_GRIDS:
-        raise ValueError(f"study.reset_grid {s.reset_grid!r}: choose one of {RESET_GRIDS}")
+    variants = grid_variants(s, cfg.num_hidden_layers, not cfg.tie_word_embeddings)
     reference_grid = s.reset_grid == "reference"
-    variants = reference_reset_variants(s) if reference_grid else \
-        reset_variants(cfg.num_hidden_layers, not cfg.tie_word_embeddings)
     for name, kind, detail, fn in variants:
         began = time.perf_counter()
         edited = jax.block_until_ready(fn(target, reference, kw))
