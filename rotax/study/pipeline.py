@@ -47,9 +47,11 @@ def default_config() -> ml_collections.ConfigDict:
     ppo_seeds: PPO runs per start. sft_seeds: SFT runs (data orders), each with its own curve,
     peak, PPO starts and claim resets; the headline averages over them. controls: any of
     ``continued_sft``, ``ppo_kl_base``, ``ppo_shuffled`` (rotax.study.controls), run from the
-    ``control_start`` checkpoint of every SFT seed; control_kl: the KL coefficient to the base. reset_reference: ``peak`` (the study's SFT_MaxOOD) or
+    ``control_start`` checkpoint of the first ``control_sft_seeds`` SFT seeds (0: every SFT
+    seed; the toy runs them on seed 0 only to fit its time budget); control_kl: the KL coefficient to the base. reset_reference: ``peak`` (the study's SFT_MaxOOD) or
     ``base``. null_seeds: matched-norm null draws per matrix. analysis_k: top-subspace size, a fraction in
-    [0, 1] or a whole rank above 1 (``--config.study.analysis_k=64``).
+    [0, 1] or a whole rank above 1 (``--config.study.analysis_k=64``). analysis_every: analyze
+    the SFT checkpoints at multiples of this step (plus peak, mid and end); 0 analyzes all.
 
     recipe: ``rotax`` or ``reference`` (the study's code path) — names the values of the switch
     keys of :mod:`rotax.study.recipe` across sections; ``custom`` when they are mixed.
@@ -79,10 +81,12 @@ def default_config() -> ml_collections.ConfigDict:
         "sft_seeds": 1,
         "controls": (),
         "control_start": "end",
+        "control_sft_seeds": 0,
         "control_kl": 0.05,
         "reset_reference": "peak",
         "null_seeds": 2,
         "analysis_k": 0.2,
+        "analysis_every": 0,
         "autoselect_layers": ("first 25%", "first 50%", "0-1", "last 25%"),
         "autoselect_ranks": (0.1, 0.2, 0.5),
         "recipe": "rotax",

@@ -21,9 +21,10 @@ FIRST_STAGE = {
     "study.max_new_tokens": "base", "study.eval_batch_size": "base",
     "study.sft_pool_hands": "sft", "study.sft_seeds": "sft",
     "study.ppo_starts": "ppo", "study.ppo_seeds": "ppo",
-    "study.controls": "ppo", "study.control_start": "ppo", "study.control_kl": "ppo", "study.eval_seeds": "ppo",
+    "study.controls": "ppo", "study.control_start": "ppo", "study.control_kl": "ppo",
+    "study.control_sft_seeds": "ppo", "study.eval_seeds": "ppo",
     "study.reset_hands": "ppo",  # PPO's final numbers are on the test hands too
-    "study.analysis_k": "analysis", "study.null_seeds": "analysis",
+    "study.analysis_k": "analysis", "study.analysis_every": "analysis", "study.null_seeds": "analysis",
     "study.reset_reference": "resets",
     "study.probe_hands": "autoselect", "study.autoselect_layers": "autoselect",
     "study.autoselect_ranks": "autoselect", "study.autoselect_operators": "autoselect",

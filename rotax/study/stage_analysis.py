@@ -23,7 +23,7 @@ def run(ctx: StudyContext, outputs: dict) -> dict:
     abstract = ctx.abstract_params()
     sft_store = stage_directory(ctx.run_dir / "sft", "sft")
     targets = {f"sft_{step}": orbax_matrices(sft_store / str(step), abstract)
-               for step in sft["checkpoints"] if step > 0}
+               for step in analyzed_steps(sft, int(s.analysis_every))}
     for run in outputs.get("ppo", {}).get("runs", []):
         if run.get("sft_seed"):
             continue  # the spectra are of SFT seed 0 and its PPO runs
@@ -45,3 +45,12 @@ def run(ctx: StudyContext, outputs: dict) -> dict:
         files += [str(p) for p in spectral_plots.plot_all(result, sub)]
         summaries[ref_name] = spectral.summarize(result.rows)
     return {"figures": files, "summary": summaries, "targets": sorted(targets)}
+
+
+def analyzed_steps(sft: dict, every: int) -> list[int]:
+    """SFT checkpoints to analyze: every one after step 0 when ``every`` is 0, else the
+    multiples of ``every`` plus the peak-OOD, mid and end checkpoints the claims read."""
+    if every < 0:
+        raise ValueError(f"study.analysis_every={every}: need 0 (every checkpoint) or a step interval")
+    keep = {sft["peak_step"], sft.get("mid_step"), sft["end_step"]}
+    return [step for step in sft["checkpoints"] if step > 0 and (not every or step % every == 0 or step in keep)]

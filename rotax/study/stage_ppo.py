@@ -56,10 +56,14 @@ def run(ctx: StudyContext, outputs: dict) -> dict:
 
 
 def _controls(ctx: StudyContext, outputs: dict, runs: list) -> list[dict]:
-    """``study.controls`` from the ``study.control_start`` checkpoint of every SFT seed (PPO
-    seed 0's settings), each evaluated on the test hands."""
+    """``study.controls`` from the ``study.control_start`` checkpoint of the first
+    ``study.control_sft_seeds`` SFT seeds (0: all; PPO seed 0's settings), each evaluated on
+    the test hands."""
     s, out = ctx.config.study, []
-    for sft in outputs["sft"].get("seeds", [outputs["sft"]]):
+    seeds = outputs["sft"].get("seeds", [outputs["sft"]])
+    if int(s.control_sft_seeds) < 0:
+        raise ValueError(f"study.control_sft_seeds={s.control_sft_seeds}: need 0 (every SFT seed) or more")
+    for sft in seeds[:int(s.control_sft_seeds) or len(seeds)]:
         sft_seed = sft.get("sft_seed", 0)
         for control in s.controls:
             label, step = resolve_starts((s.control_start,), sft)[0]
