@@ -53,7 +53,7 @@ def get_config():
     config.ppo.update(dict(num_updates=20, episodes_per_update=64, attempts=1, temperature=1.0,
                            max_new_tokens=24, rollout_batch_size=64, learning_rate=1e-4,
                            end_learning_rate=1e-5, max_grad_norm=1.0, epochs=2, minibatch_size=64,
-                           microbatch_size=32, reward_scale=0.2, checkpoint_every=10, eval_every=10,
+                           microbatch_size=32, reward_scale=0.2, checkpoint_every=10, eval_every=20,
                            async_checkpointing=False, export_hf=False))
 
     config.study = study_pipeline.default_config()
@@ -61,6 +61,9 @@ def get_config():
     # 3 x 1,024 test hands per final evaluation (the SFT peak-to-end OOD loss is judged on them)
     config.study.attempts = 1
     config.study.max_new_tokens = 24
+    # one 512-hand curve evaluation per batch: 2,048 greedy hands took 2.65 s at 512 vs 3.0 s
+    # at 256 on a 2-core CPU (same accuracy)
+    config.study.eval_batch_size = 512
     config.study.eval_hands = 512
     config.study.reset_hands = 1024
     config.study.ppo_starts = ("peak", "end")
