@@ -28,7 +28,7 @@ from rotax.stats.intervals import (bootstrap_interval, decode_outcomes, equivale
                                    paired_difference_interval, recovered_share_interval)
 from rotax.study.advantage_panel import first_update_summary
 from rotax.study.report import percent
-from rotax.study.stage_resets import claim_row
+from rotax.study.stage_resets import claim_rows
 
 RESET_LEVEL, PPO_LEVEL = 0.7, 0.5
 EQUIVALENCE_MARGIN = 0.02  # Σ-only "changes nothing": within ±2 OOD points
@@ -324,15 +324,19 @@ def claims(ctx, outputs: dict, table: list, advantage_groups: dict | None = None
     spectral = spectral_claim(ctx.run_dir, sft) if spectra else None
     if spectral:
         out.append(spectral)
-    grid_name = ctx.config.study.reset_grid
+    judged = claim_rows([r["name"] for r in grid_rows], ctx.config.study.reset_grid)
+
+    def row(claim_id):
+        return next((r for r in grid_rows if r["name"] == judged.get(claim_id)), None)
+
     for id_, claim in (
             ("uv_merge_recovers", "Restoring the reference's top singular directions (target Σ kept) "
              "recovers much of the lost OOD accuracy"),
             ("layer_reset_recovers", "Resetting the first layers (~25%) recovers much of the lost OOD accuracy")):
-        entry = reset_claim(id_, claim, claim_row(grid_rows, grid_name, id_), end, peak, lost)
+        entry = reset_claim(id_, claim, row(id_), end, peak, lost)
         if entry:
             out.append(entry)
-    entry = sigma_only_claim(claim_row(grid_rows, grid_name, "sigma_only_null"), end)
+    entry = sigma_only_claim(row("sigma_only_null"), end)
     if entry:
         out.append(entry)
     auto = outputs.get("autoselect")

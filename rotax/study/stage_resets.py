@@ -96,12 +96,16 @@ def grid_variants(study, num_hidden_layers: int, has_head: bool):
     return reset_variants(num_hidden_layers, has_head)
 
 
-def claim_row(rows, grid: str, claim_id: str):
-    """The first of ``rows`` (anything with a name first, or dicts with ``"name"``) that claim
-    ``claim_id`` judges under ``grid``; None when the grid has no such row."""
-    prefix = CLAIM_ROWS[grid].get(claim_id)
-    name = (lambda r: r["name"]) if rows and isinstance(rows[0], dict) else (lambda r: r[0])
-    return next((r for r in rows if prefix and name(r).startswith(prefix)), None)
+def claim_rows(names, grid: str) -> dict[str, str]:
+    """Claim id -> the first of ``names`` (row names of ``grid``) that the claim judges; a claim
+    whose row the grid lacks is left out."""
+    chosen = {}
+    for claim_id, prefix in CLAIM_ROWS[grid].items():
+        name = next((n for n in names if n.startswith(prefix)), None)
+        if name is not None:
+            chosen[claim_id] = name
+    return chosen
+
 
 def _row(name, kind, detail, acc, seconds, sft_seed=0):
     return {"name": name, "kind": kind, "detail": detail, "id": acc["id"], "ood": acc["ood"],
@@ -119,9 +123,9 @@ def _seed_rows(ctx, sft: dict) -> list[dict]:
     rows = [_row("SFT end (no reset)", "target", f"step {sft['end_step']}", ctx.evaluate_test(target), 0.0, i),
             _row("SFT peak-OOD (no reset)", "peak", f"step {sft['peak_step']}", ctx.evaluate_test(peak), 0.0, i)]
     variants = grid_variants(s, cfg.num_hidden_layers, not cfg.tie_word_embeddings)
-    chosen = [claim_row(variants, s.reset_grid, claim) for claim in CLAIM_ROWS[s.reset_grid]]
+    judged = set(claim_rows([v[0] for v in variants], s.reset_grid).values())
     for name, kind, detail, fn in variants:
-        if any(c is not None and c[0] == name for c in chosen):
+        if name in judged:
             began = time.perf_counter()
             edited = jax.block_until_ready(fn(target, reference, kw))
             rows.append(_row(name, kind, detail, ctx.evaluate_test(edited), time.perf_counter() - began, i))

@@ -97,14 +97,12 @@ def test_the_reset_claims_judge_a_row_of_either_grid():
     the Σ-only control exists only in the rotax grid."""
     study = ml_collections.ConfigDict({"reset_grid": "reference", "reference_ranks": (2560, 3072),
                                        "reference_layer_ranges": ("0-9",), "reference_layer_embed_head": True})
-    variants = stage_resets.grid_variants(study, L, True)
-    names = {c: (stage_resets.claim_row(variants, "reference", c) or (None,))[0]
-             for c in ("uv_merge_recovers", "layer_reset_recovers", "sigma_only_null")}
-    assert names == {"uv_merge_recovers": "UV merge top 2560, all 2-D",
-                     "layer_reset_recovers": "layer reset 0-9, 2-D only", "sigma_only_null": None}
-    rows = [{"name": n} for n, *_ in stage_resets.grid_variants(
-        ml_collections.ConfigDict({"reset_grid": "rotax"}), L, True)]
-    assert [stage_resets.claim_row(rows, "rotax", c)["name"] for c in names] == [
-        "UV merge top 20%", "layer reset first 25%", "Σ-only top 20% (control)"]
+    names = [v[0] for v in stage_resets.grid_variants(study, L, True)]
+    assert stage_resets.claim_rows(names, "reference") == {
+        "uv_merge_recovers": "UV merge top 2560, all 2-D", "layer_reset_recovers": "layer reset 0-9, 2-D only"}
+    names = [v[0] for v in stage_resets.grid_variants(ml_collections.ConfigDict({"reset_grid": "rotax"}), L, True)]
+    assert stage_resets.claim_rows(names, "rotax") == {
+        "uv_merge_recovers": "UV merge top 20%", "layer_reset_recovers": "layer reset first 25%",
+        "sigma_only_null": "Σ-only top 20% (control)"}
     with pytest.raises(ValueError, match="reset_grid 'svd'"):
         stage_resets.grid_variants(ml_collections.ConfigDict({"reset_grid": "svd"}), L, True)
