@@ -47,7 +47,7 @@ def optimizer_config() -> ml_collections.ConfigDict:
     learning_rate: peak learning rate. schedule: one of ``constant`` (linear warm-up, then
     constant), ``cosine`` (warm-up, cosine to ``end_learning_rate``), ``linear`` (warm-up,
     linear to ``end_learning_rate``). decay_steps: the horizon of that decay (0 = num_steps; a
-    run may stop before it — the toy base stops at step 800 of a 1,200-step cosine).
+    run may stop before it — the toy base stops at step 1,300 of a 2,400-step cosine).
     warmup_fraction: warm-up length as a share of
     ``num_steps`` (used when ``warmup_steps`` is -1). warmup_shape: ``linear`` (0 → peak) or
     ``log`` (DeepSpeed's ``WarmupLR`` with ``warmup_type="log"``, which the study's SFT log
