@@ -41,6 +41,7 @@ def run(ctx: StudyContext, outputs: dict) -> dict:
     """PPO from each of ``study.ppo_starts`` × ``study.ppo_seeds``, for every SFT seed (a run's
     ``sft_seed`` says whose checkpoints it starts from; labels repeat across SFT seeds)."""
     s = ctx.config.study
+    with_controls = control_seeds(s, outputs["sft"])  # a bad setting is refused before any run
     runs = []
     for sft in outputs["sft"].get("seeds", [outputs["sft"]]):
         sft_seed = sft.get("sft_seed", 0)
@@ -52,18 +53,24 @@ def run(ctx: StudyContext, outputs: dict) -> dict:
             for seed in range(s.ppo_seeds):
                 run_label = label if s.ppo_seeds == 1 else f"{label}_seed{seed}"
                 runs.append({**_train_one(ctx, run_label, label, step, seed, sft_seed), "start_test": start_test})
-    return {"runs": runs, "controls": _controls(ctx, outputs, runs)}
+    return {"runs": runs, "controls": _controls(ctx, with_controls, runs)}
 
 
-def _controls(ctx: StudyContext, outputs: dict, runs: list) -> list[dict]:
-    """``study.controls`` from the ``study.control_start`` checkpoint of the first
-    ``study.control_sft_seeds`` SFT seeds (0: all; PPO seed 0's settings), each evaluated on
-    the test hands."""
+def control_seeds(study, sft_output: dict) -> list[dict]:
+    """The SFT seeds' outputs the controls start from: the first ``study.control_sft_seeds``
+    (0: all)."""
+    n = int(study.control_sft_seeds)
+    if n < 0:
+        raise ValueError(f"study.control_sft_seeds={n}: need 0 (every SFT seed) or more")
+    seeds = sft_output.get("seeds", [sft_output])
+    return seeds[:n or len(seeds)]
+
+
+def _controls(ctx: StudyContext, seeds: list[dict], runs: list) -> list[dict]:
+    """``study.controls`` from the ``study.control_start`` checkpoint of each of ``seeds`` (SFT
+    seed outputs; PPO seed 0's settings), each evaluated on the test hands."""
     s, out = ctx.config.study, []
-    seeds = outputs["sft"].get("seeds", [outputs["sft"]])
-    if int(s.control_sft_seeds) < 0:
-        raise ValueError(f"study.control_sft_seeds={s.control_sft_seeds}: need 0 (every SFT seed) or more")
-    for sft in seeds[:int(s.control_sft_seeds) or len(seeds)]:
+    for sft in seeds:
         sft_seed = sft.get("sft_seed", 0)
         for control in s.controls:
             label, step = resolve_starts((s.control_start,), sft)[0]

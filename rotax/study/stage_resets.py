@@ -140,12 +140,12 @@ def run_reset_grid(ctx, outputs: dict) -> dict:
     reference = ctx.base_params() if s.reset_reference == "base" else peak
     cfg = ctx.model_cfg
     kw = {"layer_ids": cfg.layer_ids, "num_hidden_layers": cfg.num_hidden_layers}
+    variants = grid_variants(s, cfg.num_hidden_layers, not cfg.tie_word_embeddings)  # refused before any evaluation
     evaluate = ctx.evaluate_test
     rows = [_row("SFT end (no reset)", "target", f"step {sft['end_step']}", evaluate(target), 0.0),
             _row("SFT peak-OOD (no reset)", "peak", f"step {sft['peak_step']}", evaluate(peak), 0.0),
             _row("reset k=0 (identity check)", "uv", "UV merge with k=0",
                  evaluate(resets.uv_merge(target, reference, Selector(), 0, **kw)), 0.0)]
-    variants = grid_variants(s, cfg.num_hidden_layers, not cfg.tie_word_embeddings)
     reference_grid = s.reset_grid == "reference"
     for name, kind, detail, fn in variants:
         began = time.perf_counter()

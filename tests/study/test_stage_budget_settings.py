@@ -30,10 +30,11 @@ def test_controls_run_from_the_first_n_sft_seeds(monkeypatch, n, expected):
     monkeypatch.setattr(stage_ppo.control_runs, "continued_sft",
                         lambda ctx, step, sft_seed: (calls.append(sft_seed) or {}, "detail"))
     seeds = [{**SFT, "sft_seed": i} for i in range(3)]
-    out = stage_ppo._controls(_Ctx(n), {"sft": {**seeds[0], "seeds": seeds}}, [])
+    ctx = _Ctx(n)
+    out = stage_ppo._controls(ctx, stage_ppo.control_seeds(ctx.config.study, {**seeds[0], "seeds": seeds}), [])
     assert calls == expected and [c["sft_seed"] for c in out] == expected
 
 
 def test_a_negative_control_seed_count_is_refused():
     with pytest.raises(ValueError, match="control_sft_seeds=-1"):
-        stage_ppo._controls(_Ctx(-1), {"sft": SFT}, [])
+        stage_ppo.control_seeds(_Ctx(-1).config.study, SFT)
